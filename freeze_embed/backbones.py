@@ -1,0 +1,213 @@
+"""Backbone spec strings -> feature extractors.
+
+One string names any backbone: ``timm:<model>[.<tag>]``, ``open_clip:<arch>[:<tag>]`` or
+``torchvision:<name>``. ``pretrained`` is ``False`` (random weights), ``True`` (download through the library)
+or a local checkpoint path, so clusters without internet work. The original classifier is removed: the
+FineTuner puts a fresh linear head on top of ``Backbone.num_features``.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LIBRARIES = ("timm", "open_clip", "torchvision")
+
+Pretrained = Union[bool, str]
+
+
+class BackboneError(ValueError):
+    """A backbone spec or checkpoint the user must fix; the message says how."""
+
+
+@dataclass
+class Backbone:
+    model: nn.Module  # images (B, 3, H, W) -> features (B, num_features)
+    num_features: int
+    mean: tuple
+    std: tuple
+    library: str
+    name: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    library: str
+    name: str
+    tag: Optional[str] = None
+
+    def __str__(self) -> str:
+        sep = ":" if self.library == "open_clip" else "."
+        return f"{self.library}:{self.name}" + (f"{sep}{self.tag}" if self.tag else "")
+
+
+def parse_spec(spec: str) -> Spec:
+    library, sep, rest = str(spec).partition(":")
+    if not sep or library not in LIBRARIES or not rest:
+        raise BackboneError(
+            f"Unknown backbone '{spec}': write timm:<model>[.<tag>], open_clip:<arch>[:<tag>] or torchvision:<name>, "
+            "e.g. timm:vit_base_patch16_224.augreg_in21k or open_clip:ViT-B-16:openai.")
+    if library == "open_clip":
+        name, _, tag = rest.partition(":")
+        return Spec(library, name, tag or None)
+    if library == "timm":
+        name, _, tag = rest.partition(".")
+        return Spec(library, name, tag or None)
+    return Spec(library, rest)
+
+
+def _unknown(spec: str, name: str, known: list[str]) -> BackboneError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return BackboneError(f"Unknown backbone '{spec}': the library has no model named '{name}'.{hint}")
+
+
+def _checkpoint_path(pretrained: Pretrained) -> Optional[str]:
+    if isinstance(pretrained, str) and pretrained.lower() not in ("true", "false"):
+        path = os.path.expanduser(pretrained)
+        if not os.path.isfile(path):
+            raise BackboneError(f"Checkpoint '{pretrained}' does not exist: give a local file path, "
+                                "true to download the library's weights, or false for random weights.")
+        return path
+    return None
+
+
+def _wants_download(pretrained: Pretrained) -> bool:
+    return pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true")
+
+
+def _misfit(path: str, spec: str, err: Exception) -> BackboneError:
+    detail = str(err).strip().splitlines()
+    detail = " ".join(detail[:3])[:400]
+    return BackboneError(f"Checkpoint '{path}' does not fit backbone '{spec}' ({detail}). "
+                         "Check that the file was saved from this architecture.")
+
+
+def _timm(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
+    import timm
+    if not timm.is_model(spec.name):
+        raise _unknown(str(spec), spec.name, timm.list_models())
+    name = f"{spec.name}.{spec.tag}" if spec.tag else spec.name
+    path = _checkpoint_path(pretrained)
+    model = timm.create_model(name, pretrained=_wants_download(pretrained) and not path, num_classes=0, **kwargs)
+    if path:
+        _load_timm_file(model, path, str(spec))
+    cfg = model.pretrained_cfg
+    return Backbone(model, model.num_features, tuple(cfg.get("mean", IMAGENET_MEAN)),
+                    tuple(cfg.get("std", IMAGENET_STD)), "timm", name)
+
+
+def _load_timm_file(model: nn.Module, path: str, spec: str) -> None:
+    """Load a local checkpoint strictly (the old classifier dropped): a wrong architecture fails loudly."""
+    from timm.models import load_state_dict
+    if path.endswith(".npz") and hasattr(model, "load_pretrained"):  # original JAX ViT / BiT weights
+        model.load_pretrained(path)
+        return
+    try:
+        state = load_state_dict(path)
+    except Exception as err:
+        raise BackboneError(f"Cannot read checkpoint '{path}': {err}") from err
+    classifier = model.pretrained_cfg.get("classifier") or "head"
+    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifier)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches
+        raise _misfit(path, spec, err) from err
+    if missing or unexpected:
+        raise _misfit(path, spec, RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"))
+
+
+def _open_clip(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
+    import open_clip
+    if spec.name not in open_clip.list_models():
+        raise _unknown(str(spec), spec.name, open_clip.list_models())
+    path = _checkpoint_path(pretrained)
+    weights = path or (spec.tag if _wants_download(pretrained) else None)
+    if _wants_download(pretrained) and not spec.tag:
+        raise BackboneError(f"Backbone '{spec}' needs a pretrained tag to download, e.g. open_clip:{spec.name}:openai "
+                            f"(choices: {[t for a, t in open_clip.list_pretrained() if a == spec.name]}).")
+    # OpenAI's CLIP was trained with QuickGELU; open_clip only switches to it for the 'openai' tag.
+    quick_gelu = spec.tag == "openai"
+    try:
+        model = open_clip.create_model(spec.name, pretrained=weights, force_quick_gelu=quick_gelu,
+                                       weights_only=False, **kwargs)
+    except RuntimeError as err:
+        if path:
+            raise _misfit(path, str(spec), err) from err
+        raise
+    visual = model.visual  # the paper fine-tunes CLIP's image tower only
+    mean = tuple(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+    std = tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+    return Backbone(visual, visual.output_dim, mean, std, "open_clip", str(spec))
+
+
+def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
+    import torchvision
+    known = torchvision.models.list_models()
+    if spec.name not in known:
+        raise _unknown(str(spec), spec.name, known)
+    path = _checkpoint_path(pretrained)
+    model = torchvision.models.get_model(spec.name, weights="DEFAULT" if _wants_download(pretrained) else None,
+                                         **kwargs)
+    if path:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise _misfit(path, str(spec), err) from err
+    # The classifier is the last Linear layer in every torchvision classification model (fc, heads, classifier[-1]).
+    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent_name, _, child = last[0].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.Identity())
+    return Backbone(model, last[1].in_features, IMAGENET_MEAN, IMAGENET_STD, "torchvision", spec.name)
+
+
+def create_backbone(spec: str, pretrained: Pretrained = False, **kwargs: Any) -> Backbone:
+    """Build the feature extractor named by ``spec``; ``kwargs`` go to the library (e.g. timm's img_size)."""
+    parsed = parse_spec(spec)
+    build = {"timm": _timm, "open_clip": _open_clip, "torchvision": _torchvision}[parsed.library]
+    return build(parsed, pretrained, dict(kwargs))
+
+
+def normalization(spec: Optional[str]) -> tuple[tuple, tuple]:
+    """The backbone's own input mean/std, without building it (CLIP's differ from ImageNet's)."""
+    if not spec:
+        return IMAGENET_MEAN, IMAGENET_STD
+    parsed = parse_spec(spec)
+    if parsed.library == "timm":
+        import timm
+        name = f"{parsed.name}.{parsed.tag}" if parsed.tag else parsed.name
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except Exception:  # unknown tag: fall through to ImageNet
+            cfg = None
+        if cfg is not None:
+            return tuple(cfg.mean), tuple(cfg.std)
+        return IMAGENET_MEAN, IMAGENET_STD
+    if parsed.library == "open_clip":
+        import open_clip
+        cfg = open_clip.get_pretrained_cfg(parsed.name, parsed.tag) if parsed.tag else {}
+        return (tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)), tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)))
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+# The paper's seven models (Section 2.2), as ready spec strings.
+PAPER_BACKBONES = {
+    "clip_vit_b16": "open_clip:ViT-B-16:openai",
+    "clip_vit_l14": "open_clip:ViT-L-14:openai",
+    "vit_b16_in21k": "timm:vit_base_patch16_224.augreg_in21k",
+    "dino_vit_b16": "timm:vit_base_patch16_224.dino",
+    "convnext_b_in22k": "timm:convnext_base.fb_in22k",
+    "bit_resnet50_in21k": "timm:resnetv2_50x1_bit.goog_in21k",
+    "bit_resnet101_in21k": "timm:resnetv2_101x1_bit.goog_in21k",
+}

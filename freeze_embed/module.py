@@ -1,0 +1,195 @@
+"""FineTuner: backbone + fresh linear head + freezing strategy + optimizer, as one LightningModule."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from .anatomy import resolve_anatomy
+from .backbones import create_backbone
+from .metrics import GroupAccuracy
+from .optim import SGD, build_optimizer, lr_lambda, optimizer_state_bytes, param_groups
+from .strategies import FullFineTune, Strategy
+
+
+class FineTuner(L.LightningModule):
+    """Fine-tune a pretrained backbone with a freezing strategy (the paper's whole method space).
+
+    Args:
+        backbone: spec string, e.g. ``open_clip:ViT-B-16:openai`` or ``timm:vit_base_patch16_224.augreg_in21k``.
+        pretrained: ``false`` (random weights), ``true`` (download) or a local checkpoint path.
+        num_classes: classes of the new head (linked from the datamodule by the CLI).
+        strategy: which parameters train, at which LR scale, per epoch.
+        optimizer: any torch optimizer class; default SGD with momentum 0.9 (Appendix A).
+        embed: parameter prefixes of the embedding, overriding the family rule (for backbones no rule knows).
+        embed_tokens: count class/position tokens as embedding (the paper does not).
+        backbone_kwargs: passed to the library's constructor (e.g. timm ``img_size``, ``depth``).
+        grad_checkpointing: recompute activations in backward to save memory (timm and open_clip models).
+    """
+
+    def __init__(self, backbone: str = "timm:vit_base_patch16_224.augreg_in21k",
+                 pretrained: Union[bool, str] = False, num_classes: int = 2, strategy: Optional[Strategy] = None,
+                 optimizer: OptimizerCallable = SGD, embed: Optional[Sequence[str]] = None,
+                 embed_tokens: bool = False, backbone_kwargs: Optional[dict[str, Any]] = None,
+                 grad_checkpointing: bool = False):
+        super().__init__()
+        self.save_hyperparameters(ignore=["strategy", "optimizer"])
+        built = create_backbone(backbone, pretrained, **(backbone_kwargs or {}))
+        self.backbone = built.model
+        self.head = nn.Linear(built.num_features, num_classes)  # fresh, randomly initialised
+        self.mean, self.std = built.mean, built.std
+        self.anatomy = resolve_anatomy(built, self.head, embed=embed, embed_tokens=embed_tokens)
+        self.strategy = strategy if strategy is not None else FullFineTune()
+        self.optimizer_factory = optimizer
+        if grad_checkpointing:
+            setter = getattr(self.backbone, "set_grad_checkpointing", None)
+            if setter is None:
+                raise ValueError(f"Backbone '{backbone}' does not support gradient checkpointing.")
+            setter(True)
+        self.eval_names: list[str] = []
+        self.eval_metrics = nn.ModuleDict()
+        self.test_tag = "test"
+        self._trainable_now: set[str] = set(self.anatomy.names)
+        self._in_optimizer: set[str] = set()
+        self._drop_grads: list[nn.Parameter] = []
+
+    # --- forward ---------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    # --- which parameters train --------------------------------------------------------------------------------
+    @property
+    def max_epochs(self) -> int:
+        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return epochs if epochs and epochs > 0 else 1
+
+    def plan(self, epoch: int) -> dict[str, float]:
+        return self.strategy.trainable(self.anatomy, epoch, self.max_epochs)
+
+    def apply_plan(self, epoch: int) -> None:
+        """Set ``requires_grad`` for ``epoch``: only that epoch's trainable parameters get gradients.
+
+        Under DDP every parameter the optimizer holds keeps ``requires_grad=True`` (DDP fixes the set of
+        synchronised parameters when it wraps the model); those frozen this epoch have their gradients dropped
+        before the step instead.
+        """
+        self._trainable_now = set(self.plan(epoch))
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        self._drop_grads = []
+        for name, p in self.named_parameters():
+            p.requires_grad_(name in self._trainable_now or (distributed and name in self._in_optimizer))
+            if p.requires_grad and name not in self._trainable_now:
+                self._drop_grads.append(p)
+        self.train(self.training)  # re-apply eval mode to frozen norm layers
+
+    def train(self, mode: bool = True):
+        """Frozen BatchNorm layers keep their pretrained running statistics (``eval`` mode) while training."""
+        super().train(mode)
+        if mode:
+            for name, module in self.named_modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    params = {f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
+                    if params and not (params & self._trainable_now):
+                        module.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        self.eval_names = list(getattr(dm, "eval_names", [])) or ["val"]
+        self.eval_metrics = nn.ModuleDict({
+            name: (dm.metric(name) if hasattr(dm, "metric") else GroupAccuracy()) for name in self.eval_names})
+        if stage == "fit":
+            T = self.max_epochs
+            self._in_optimizer = {n for e in range(T) for n in self.plan(e)}
+            self.apply_plan(0)
+
+    def configure_optimizers(self):
+        T = self.max_epochs
+        plans = [self.plan(e) for e in range(T)]
+        union: dict[str, float] = {}
+        for plan in plans:
+            for name, scale in plan.items():
+                if union.setdefault(name, scale) != scale:
+                    raise ValueError(f"{type(self.strategy).__name__} gives '{name}' LR scale {union[name]} and "
+                                     f"{scale} in different epochs; use epoch_lr_factor for per-epoch LR changes.")
+        if not union:
+            raise ValueError(f"{type(self.strategy).__name__} trains no parameter.")
+        named = dict(self.named_parameters())
+        optimizer = build_optimizer(self.optimizer_factory, param_groups(named, union))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = lr_lambda(total, max(total // T, 1), T, self.strategy.epoch_lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+    # --- hooks ------------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self.strategy.on_fit_start(self)
+
+    def on_train_epoch_start(self) -> None:
+        self.apply_plan(self.current_epoch)
+        trainable = sum(p.numel() for n, p in self.named_parameters() if n in self._trainable_now)
+        total = sum(p.numel() for p in self.parameters())
+        self.log_dict({"params/trainable": float(trainable), "params/frozen": float(total - trainable)},
+                      on_step=False, on_epoch=True, sync_dist=False)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        for p in self._drop_grads:
+            p.grad = None
+
+    def on_train_epoch_end(self) -> None:
+        optimizer = self.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        self.log("optimizer/state_bytes", float(optimizer_state_bytes(optimizer)), on_epoch=True)
+
+    # --- steps ------------------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int):
+        if not self.strategy.trains_steps:
+            return None
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, dataloader_idx: int, prefix: str) -> None:
+        x, y = batch[0], batch[1]
+        groups = batch[2] if len(batch) > 2 else None
+        logits = self(x)
+        name = self.eval_names[dataloader_idx]
+        self.eval_metrics[name].update(logits, y, groups)
+        self.log(f"{prefix}{name}/loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True,
+                 add_dataloader_idx=False, sync_dist=True, batch_size=len(y))
+
+    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+        logged = {}
+        for name in self.eval_names:
+            for key, value in self.eval_metrics[name].compute().items():
+                logged[f"{prefix}{name}/{key}"] = value
+            self.eval_metrics[name].reset()
+        dm = self.trainer.datamodule
+        for alias, key in (("id", getattr(dm, "id_metric", None)), ("ood", getattr(dm, "ood_metric", None))):
+            if key and f"{prefix}{key}" in logged:
+                logged[f"{prefix}paper/{alias}"] = logged[f"{prefix}{key}"]
+        for key, value in logged.items():
+            self.log(key, value, on_epoch=True, prog_bar=key in ("id_val/acc", "paper/ood"))
+        return logged
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("")
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, f"{self.test_tag}/")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(f"{self.test_tag}/")

@@ -1,0 +1,13 @@
+"""Freezing strategies: one file per paper method, all subclasses of :class:`Strategy`.
+
+Add your own by subclassing and naming it in YAML (``class_path: my_module.MyStrategy``); no registry.
+"""
+from .base import Strategy
+from .embed_lr import EmbedLRScale
+from .freeze_embed import FreezeEmbed
+from .full import FullFineTune
+from .gradual import GradualUnfreeze
+from .linear_probe import LinearProbe
+from .lp_ft import LPFT
+
+__all__ = ["Strategy", "FullFineTune", "FreezeEmbed", "EmbedLRScale", "GradualUnfreeze", "LinearProbe", "LPFT"]

@@ -1,0 +1,6 @@
+"""Full fine-tuning: every parameter trains at the base LR (the paper's SGD and AdamW baselines)."""
+from .base import Strategy
+
+
+class FullFineTune(Strategy):
+    """Train everything; the base class already does exactly this."""
