@@ -22,11 +22,12 @@ from typing import Optional, Sequence
 from torch import nn
 
 from .backbones import Backbone
+from .errors import FreezeEmbedError
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm)
 
 
-class EmbedNotFound(ValueError):
+class EmbedNotFound(FreezeEmbedError, ValueError):
     """No rule knows this backbone's embedding layer."""
 
 
@@ -57,33 +58,35 @@ def _matches(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _rule(model: nn.Module, library: str) -> Optional[tuple[list[str], list[str], list[str]]]:
-    """(embed prefixes, token parameter names, block prefixes in order) for the families we know by name."""
+def _rule(model: nn.Module, library: str) -> Optional[tuple[list[str], list[str], list[list[str]]]]:
+    """(embed prefixes, token parameter names, blocks as prefix lists, bottom to top) for families known by name."""
     cls = type(model).__name__
-    n_children = lambda path: len(model.get_submodule(path))  # noqa: E731
+    n = lambda path: len(model.get_submodule(path))  # noqa: E731
     if library == "timm" and cls in ("VisionTransformer", "Eva", "VisionTransformerDistilled"):
         embed = ["patch_embed.proj"] + (["norm_pre"] if any(True for _ in model.norm_pre.parameters()) else [])
         tokens = [t for t in ("cls_token", "reg_token", "pos_embed", "dist_token") if getattr(model, t, None) is not None]
-        return embed, tokens, [f"blocks.{i}" for i in range(n_children("blocks"))]
+        return embed, tokens, [[f"blocks.{i}"] for i in range(n("blocks"))]
     if library == "timm" and cls in ("ConvNeXt", "ResNetV2"):
-        blocks = [f"stages.{s}.blocks.{b}" for s in range(1, n_children("stages"))
-                  for b in range(n_children(f"stages.{s}.blocks"))]
+        # A stage's downsampling layer trains with that stage's first block.
+        blocks = [[f"stages.{s}.blocks.{b}"] + ([f"stages.{s}.downsample"] if b == 0 else [])
+                  for s in range(1, n("stages")) for b in range(n(f"stages.{s}.blocks"))]
         return ["stem", "stages.0"], [], blocks
     if library == "open_clip" and cls == "VisionTransformer":
         tokens = ["class_embedding", "positional_embedding"]
-        return ["conv1", "ln_pre"], tokens, [f"transformer.resblocks.{i}" for i in range(n_children("transformer.resblocks"))]
+        return ["conv1", "ln_pre"], tokens, [[f"transformer.resblocks.{i}"] for i in range(n("transformer.resblocks"))]
     if library == "open_clip" and cls == "ModifiedResNet":
         stem = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "layer1"]
-        return stem, [], [f"layer{s}.{b}" for s in (2, 3, 4) for b in range(n_children(f"layer{s}"))]
+        return stem, [], [[f"layer{s}.{b}"] for s in (2, 3, 4) for b in range(n(f"layer{s}"))]
     if library == "torchvision" and cls == "ResNet":
-        return ["conv1", "bn1", "layer1"], [], [f"layer{s}.{b}" for s in (2, 3, 4) for b in range(n_children(f"layer{s}"))]
+        return ["conv1", "bn1", "layer1"], [], [[f"layer{s}.{b}"] for s in (2, 3, 4) for b in range(n(f"layer{s}"))]
     if library == "torchvision" and cls == "VisionTransformer":
         return (["conv_proj"], ["class_token", "encoder.pos_embedding"],
-                [f"encoder.layers.{i}" for i in range(n_children("encoder.layers"))])
+                [[f"encoder.layers.{c}"] for c, _ in model.encoder.layers.named_children()])
     if library == "torchvision" and cls == "ConvNeXt":
+        # features: 0 stem, odd = stages, even >= 2 = downsampling before the next stage.
         return (["features.0", "features.1"], [],
-                [f"features.{s}.{b}" if s % 2 else f"features.{s}" for s in range(2, n_children("features"))
-                 for b in (range(n_children(f"features.{s}")) if s % 2 else [0])])
+                [[f"features.{s}.{b}"] + ([f"features.{s - 1}"] if b == 0 else [])
+                 for s in range(3, n("features"), 2) for b in range(n(f"features.{s}"))])
     return None
 
 
@@ -123,19 +126,20 @@ def resolve_anatomy(backbone: Backbone, head: nn.Module, *, embed: Optional[Sequ
     rule = _rule(model, backbone.library)
     if rule is not None:
         embed_prefixes, tokens, block_prefixes = rule
-        blocks = [[n for n in names if _matches(n, [b])] for b in block_prefixes]
+        blocks = [[n for n in names if _matches(n, b)] for b in block_prefixes]
         embed_names = [n for n in names if _matches(n, embed_prefixes)]
     else:
         meta = _timm_metadata_rule(model) if backbone.library == "timm" else None
         if meta is None and not embed:
             raise EmbedNotFound(
                 f"Cannot find the embedding layer of backbone '{backbone.name}' ({type(model).__name__}): list its "
-                "parameter prefixes in the config, e.g. `model.init_args.embed: [conv1, bn1]` "
+                "parameter prefixes in the config, e.g. `model.embed: [conv1, bn1]` "
                 "(see `python -m freeze_embed.inspect <backbone>` for the names).")
         if meta is not None:
             embed_names, tokens, blocks = meta
         else:
-            tokens, blocks = [], [[n for n in names if _matches(n, [c])] for c, _ in model.named_children()]
+            embed_names, tokens = [], []
+            blocks = [[n for n in names if _matches(n, [c])] for c, _ in model.named_children()]
         embed_prefixes = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in sorted(embed_names, key=names.index)))
     if embed:
         unknown = [p for p in embed if not any(_matches(n, [p]) for n in names)]

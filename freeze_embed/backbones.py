@@ -15,6 +15,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .errors import FreezeEmbedError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LIBRARIES = ("timm", "open_clip", "torchvision")
@@ -22,7 +24,7 @@ LIBRARIES = ("timm", "open_clip", "torchvision")
 Pretrained = Union[bool, str]
 
 
-class BackboneError(ValueError):
+class BackboneError(FreezeEmbedError, ValueError):
     """A backbone spec or checkpoint the user must fix; the message says how."""
 
 

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from .data.base import ShiftDataModule
+from .errors import FreezeEmbedError
 from .module import FineTuner
 
 SELECTION_METRIC = "id_val/acc"  # model selection and early stopping on ID validation accuracy (Section 4)
@@ -29,10 +30,13 @@ class FreezeEmbedCLI(LightningCLI):
         super().__init__(FineTuner, ShiftDataModule, *args, subclass_mode_data=True, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
+        # Two checkpoints: the best epoch by ID validation accuracy, and the latest epoch (resume after a crash).
+        # Lightning's own save_last only refreshes when a new best is saved, so "last" is a callback of its own.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": SELECTION_METRIC, "checkpoint.mode": "max",
-                             "checkpoint.save_last": True, "checkpoint.filename": "best-epoch{epoch:02d}",
-                             "checkpoint.auto_insert_metric_name": False})
+                             "checkpoint.filename": "best-epoch{epoch:02d}", "checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
         parser.link_arguments("model.backbone", "data.init_args.backbone")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=True,
@@ -43,22 +47,25 @@ class FreezeEmbedCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         run_dir = config.get("run_dir")
-        if run_dir and not config.get("checkpoint", {}).get("dirpath"):
-            config["checkpoint"]["dirpath"] = os.path.join(run_dir, "checkpoints")
+        for key in ("checkpoint", "last_checkpoint"):
+            if run_dir and not config[key].get("dirpath"):
+                config[key]["dirpath"] = os.path.join(run_dir, "checkpoints")
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return
-        ckpt = self.trainer.checkpoint_callback
+        ckpts = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        best = next(c for c in ckpts if c.monitor == SELECTION_METRIC)
+        last = next(c for c in ckpts if c.monitor is None)
         results = {"best_epoch": None}
-        for tag, path in (("best", ckpt.best_model_path), ("last", ckpt.last_model_path)):
+        for tag, path in (("best", best.best_model_path), ("last", last.best_model_path)):
             if not path:
                 continue
             self.model.test_tag = tag
             out = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=path, verbose=False)
             results[tag] = {k: float(v) for d in out for k, v in d.items()}
             results[f"{tag}_checkpoint"] = path
-        results["best_epoch"] = _epoch_of(ckpt.best_model_path)
+        results["best_epoch"] = _epoch_of(best.best_model_path)
         self._report(results)
 
     @rank_zero_only
@@ -87,4 +94,8 @@ def _epoch_of(path: str):
 
 
 def main(args=None) -> None:
-    FreezeEmbedCLI(args=args)
+    try:
+        FreezeEmbedCLI(args=args)
+    except FreezeEmbedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

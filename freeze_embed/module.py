@@ -4,8 +4,10 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Union
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -127,6 +129,20 @@ class FineTuner(L.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = lr_lambda(total, max(total // T, 1), T, self.strategy.epoch_lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+    # --- exact resume: the RNG states travel with the checkpoint (Lightning does not save them) ---------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        states = _collect_rng_states(include_cuda=False)
+        kind, keys, pos, has_gauss, gauss = states["numpy"]  # plain lists keep torch.load(weights_only=True) happy
+        states["numpy"] = (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss))
+        checkpoint["rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            states = dict(checkpoint["rng_states"])
+            kind, keys, pos, has_gauss, gauss = states["numpy"]
+            states["numpy"] = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
+            _set_rng_states(states)
 
     # --- hooks ------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -80,8 +80,9 @@ class ShiftDataModule(L.LightningDataModule):
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
                                                    rank=trainer.global_rank, shuffle=False)
+        # Training workers restart each epoch so their seeds come from the (checkpointed) main RNG: exact resume.
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0 and not shuffle,
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:

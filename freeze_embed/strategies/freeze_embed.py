@@ -25,7 +25,7 @@ class FreezeEmbed(Strategy):
         names = anatomy.embed
         if not names:
             raise EmbedNotFound("This backbone's anatomy has an empty embedding; list its parameter prefixes in "
-                                "`model.init_args.embed`.")
+                                "`model.embed`.")
         if self.parts is not None:
             prefixes = [f"backbone.{p}" for p in self.parts]
             missing = [p for p, full in zip(self.parts, prefixes)

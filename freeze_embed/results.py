@@ -1,0 +1,179 @@
+"""The paper's results tables from sweep summaries (Tables 1-2, 5, 7-8).
+
+``python -m freeze_embed.results sweeps/ [more dirs or summary.json files] [--format markdown|csv|latex]`` prints
+an ID and an OOD table: methods as rows (grouped by model when there are several), datasets and their average as
+columns, each cell the mean over seeds +- the 90% confidence interval (Table 5), in percent. ``Avg.`` is the mean
+over datasets, shown only for rows that have every dataset; its CI combines the datasets' CIs as independent
+(sqrt(sum ci^2) / D). A summary needs only ``method``, ``dataset``, ``model`` and ``id`` / ``ood`` ``{"mean",
+"ci90"}`` (fractions in [0, 1]); ``freeze_embed.sweep`` writes these and more.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+
+from .backbones import PAPER_BACKBONES
+
+# configs/method/<stem>.yaml -> the paper's name, in the order of Tables 7-8 (then Appendix C and D).
+METHODS = {
+    "sgd": "SGD", "adamw": "AdamW", "sgd_freeze_embed": "SGD (freeze-embed)",
+    "sgd_freeze_embed_no_momentum": "SGD (freeze-embed, no momentum)", "gradual_unfreezing": "Gradual-unfreezing",
+    "sgd_freeze_embed_not_layer_norm": "SGD (freeze-embed, not layer-norm)",
+    "sgd_5x_lower_lr_embed": "SGD (5x lower LR on embed layer)", "linear_probing": "Linear probing",
+    "lamb": "LAMB", "lars": "LARS", "sgd_no_momentum": "SGD (no momentum)", "sgd_weight_decay": "SGD (weight decay)",
+    "lp_ft_sgd": "LP-FT + SGD", "lp_ft_adamw": "LP-FT + AdamW", "lp_ft_sgd_freeze_embed": "LP-FT + SGD (freeze-embed)",
+    "sgd_freeze_stem": "SGD (freeze-stem)", "adamw_freeze_embed": "AdamW (freeze-embed)",
+}
+# Dataset keys (config stems, or a word in the datamodule's class name) -> column names, in the paper's order.
+DATASETS = {"living17": "Living-17", "waterbirds": "Waterbirds", "domainnet": "DomainNet", "fmow": "FMoW",
+            "camelyon": "Camelyon", "demo": "Demo"}
+# configs/backbone/<stem>.yaml (= PAPER_BACKBONES keys) -> the paper's names, in Tables 1-2's order.
+MODELS = {"clip_vit_b16": "CLIP ViT-B/16", "clip_vit_l14": "CLIP ViT-L/14", "vit_b16_in21k": "ViT-B/16",
+          "dino_vit_b16": "DINO ViT-B/16", "convnext_b_in22k": "ConvNeXt-B", "bit_resnet50_in21k": "BiT ResNet-50",
+          "bit_resnet101_in21k": "BiT ResNet-101"}
+AVG = "Avg."
+
+
+def dataset_name(key: str) -> str:
+    """``waterbirds`` or ``Waterbirds`` (a datamodule class) -> ``Waterbirds``; unknown keys pass through."""
+    flat = "".join(c for c in key.lower() if c.isalnum())
+    return next((name for k, name in DATASETS.items() if k in flat), key)
+
+
+def model_name(spec: str) -> str:
+    """A backbone spec string or PAPER_BACKBONES key -> the paper's model name; unknown specs pass through."""
+    by_spec = {s: MODELS[k] for k, s in PAPER_BACKBONES.items() if k in MODELS}
+    return MODELS.get(spec) or by_spec.get(spec, spec)
+
+
+def load_summaries(paths: Iterable[str]) -> list[dict]:
+    """Summaries from ``summary.json`` files and from every ``summary.json`` below the given directories."""
+    found = []
+    for p in map(Path, paths):
+        files = sorted(p.rglob("summary.json")) if p.is_dir() else [p]
+        if not files:
+            print(f"warning: no summary.json under {p}", file=sys.stderr)
+        found += files
+    summaries = []
+    for f in found:
+        s = json.loads(f.read_text())
+        s.setdefault("path", str(f))
+        summaries.append(s)
+    return summaries
+
+
+def _ordered(values: list[str], order: Iterable[str]) -> list[str]:
+    order = list(order)
+    known = [v for v in order if v in values]
+    return known + [v for v in dict.fromkeys(values) if v not in order]
+
+
+def tables(summaries: list[dict]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """``{"ID": (mean, ci), "OOD": (mean, ci)}`` in percent; rows method (or model x method), columns datasets."""
+    models = _ordered([s["model"] for s in summaries], MODELS.values())
+    methods = _ordered([s["method"] for s in summaries], METHODS.values())
+    datasets = _ordered([s["dataset"] for s in summaries], DATASETS.values())
+    if len(models) > 1:
+        index = pd.MultiIndex.from_tuples([(m, a) for m in models for a in methods], names=["Model", "Method"])
+    else:
+        index = pd.Index(methods, name="Method")
+    out = {}
+    for metric in ("id", "ood"):
+        mean = pd.DataFrame(float("nan"), index=index, columns=datasets)
+        ci = mean.copy()
+        for s in summaries:
+            row = (s["model"], s["method"]) if len(models) > 1 else s["method"]
+            if not pd.isna(mean.loc[row, s["dataset"]]):
+                print(f"warning: two summaries for {row} on {s['dataset']}; using {s.get('path')}", file=sys.stderr)
+            stats = s.get(metric) or {}
+            mean.loc[row, s["dataset"]] = _pct(stats.get("mean"))
+            ci.loc[row, s["dataset"]] = _pct(stats.get("ci90"))
+        if len(datasets) > 1:
+            complete = mean[datasets].notna().all(axis=1)
+            mean[AVG] = mean[datasets].mean(axis=1).where(complete)
+            has_ci = ci[datasets].notna().all(axis=1) & complete
+            ci[AVG] = ((ci[datasets] ** 2).sum(axis=1) ** 0.5 / len(datasets)).where(has_ci)
+        keep = mean.notna().any(axis=1)
+        out[metric.upper()] = (mean[keep], ci[keep])
+    return out
+
+
+def _pct(x: Optional[float]) -> float:
+    return float("nan") if x is None else 100.0 * float(x)
+
+
+def cell(mean: float, ci: float, pm: str = "±") -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.1f}" if pd.isna(ci) else f"{mean:.1f} {pm} {ci:.1f}"
+
+
+def _rows(mean: pd.DataFrame, ci: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
+    names = [n or "" for n in mean.index.names]
+    rows = []
+    for key in mean.index:
+        keys = list(key) if isinstance(key, tuple) else [key]
+        rows.append([str(k) for k in keys] + [cell(mean.loc[key, c], ci.loc[key, c], pm) for c in mean.columns])
+    return names + [str(c) for c in mean.columns], rows
+
+
+def to_markdown(mean: pd.DataFrame, ci: pd.DataFrame, title: str) -> str:
+    header, rows = _rows(mean, ci, "±")
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join(":--" if i < mean.index.nlevels else "--:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_latex(mean: pd.DataFrame, ci: pd.DataFrame, title: str) -> str:
+    esc = lambda s: s.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%").replace("_", r"\_")  # noqa: E731
+    header, rows = _rows(mean, ci, "$\\pm$")
+    n = mean.index.nlevels
+    lines = [f"% {title}", r"\begin{tabular}{" + "l" * n + "|" + "c" * (len(header) - n) + "}", r"\toprule",
+             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join([esc(x) for x in r[:n]] + r[n:]) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def to_csv(tabs: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
+    """One CSV: a ``table`` column (ID/OOD), the row keys, then ``<dataset>`` and ``<dataset> CI`` in percent."""
+    frames = []
+    for name, (mean, ci) in tabs.items():
+        wide = pd.concat({c: mean[c] for c in mean.columns} | {f"{c} CI": ci[c] for c in mean.columns}, axis=1)
+        wide = wide[[x for c in mean.columns for x in (c, f"{c} CI")]].round(2).reset_index()
+        frames.append(wide.assign(table=name)[["table"] + list(wide.columns)])
+    return pd.concat(frames, ignore_index=True).to_csv(index=False)
+
+
+def render(summaries: list[dict], fmt: str = "markdown") -> str:
+    tabs = tables(summaries)
+    if fmt == "csv":
+        return to_csv(tabs)
+    models = sorted({s["model"] for s in summaries})
+    on = f" on {models[0]}" if len(models) == 1 else ""
+    n = sorted({int(s.get(m, {}).get("n") or 0) for s in summaries for m in ("id", "ood")} - {0})
+    seeds = f", {'/'.join(map(str, n))} seed{'' if n == [1] else 's'}" if n else ""
+    fn = to_latex if fmt == "latex" else to_markdown
+    return "\n\n".join(fn(mean, ci, f"{name} accuracy (%){on}: mean ± 90% CI{seeds}")
+                       for name, (mean, ci) in tabs.items())
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m freeze_embed.results", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="sweep directories (searched for summary.json) or summary files")
+    parser.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
+    args = parser.parse_args(argv)
+    summaries = load_summaries(args.paths)
+    if not summaries:
+        sys.exit("error: no sweep summaries found; run python -m freeze_embed.sweep first")
+    print(render(summaries, args.format))
+
+
+if __name__ == "__main__":
+    main()
