@@ -1,5 +1,12 @@
 """LightningDataModules: the built-in demo and the paper's five distribution-shift benchmarks."""
 from .base import ShiftDataModule
+from .camelyon import Camelyon17
 from .demo import DemoShift
+from .domainnet import DomainNet
+from .files import DataFormatError, DataRootError, ImageReadError
+from .fmow import FMoW
+from .living17 import Living17
+from .waterbirds import Waterbirds
 
-__all__ = ["ShiftDataModule", "DemoShift"]
+__all__ = ["ShiftDataModule", "DemoShift", "Waterbirds", "FMoW", "Camelyon17", "DomainNet", "Living17",
+           "DataRootError", "DataFormatError", "ImageReadError"]

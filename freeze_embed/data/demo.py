@@ -19,7 +19,7 @@ TINTS = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.3, 0.9], [0.9, 0
 
 
 def make_shift_images(n: int, num_classes: int, agreement: float, seed: int, size: int = 32,
-                      noise: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      noise: float = 0.25, contrast: float = 0.45) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images in [0, 1], labels, groups) drawn deterministically from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(num_classes, (n,), generator=g)
@@ -33,7 +33,7 @@ def make_shift_images(n: int, num_classes: int, agreement: float, seed: int, siz
     proj = xs[None] * torch.cos(angle)[:, None, None] + ys[None] * torch.sin(angle)[:, None, None]
     grating = 0.5 + 0.5 * torch.sin(freq[:, None, None] * proj + phase[:, None, None])  # (n, H, W)
     tint = TINTS[tint_ids % len(TINTS)]  # (n, 3)
-    images = 0.55 * tint[:, :, None, None] + 0.45 * grating[:, None]
+    images = (1 - contrast) * tint[:, :, None, None] + contrast * grating[:, None]
     images = (images + noise * torch.randn(images.shape, generator=g)).clamp(0, 1)
     return images, labels, (~agree).long()
 
@@ -58,6 +58,7 @@ class DemoShift(ShiftDataModule):
         num_classes: grating orientations (labels).
         agreement: how often the tint matches the label in train / ID sets.
         train_size, eval_size: examples in training and in each evaluation set.
+        contrast, noise: the grating's contrast against the tint, and pixel noise: how hard the core feature is.
         seed: the data seed (separate from the training seed, so every run sees the same data).
     """
 
@@ -65,17 +66,19 @@ class DemoShift(ShiftDataModule):
     paper_epochs = 10
 
     def __init__(self, num_classes: int = 4, agreement: float = 0.9, train_size: int = 2000, eval_size: int = 500,
-                 seed: int = 0, **kwargs):
+                 contrast: float = 0.2, noise: float = 0.3, seed: int = 0, **kwargs):
         kwargs.setdefault("num_workers", 0)
         super().__init__(**kwargs)
         self.num_classes, self.agreement = num_classes, agreement
         self.train_size, self.eval_size, self.seed = train_size, eval_size, seed
+        self.contrast, self.noise = contrast, noise
 
     def make_split(self, name: str, train: bool):
         sizes = {"train": self.train_size, "id_val": self.eval_size, "id_test": self.eval_size, "ood_test": self.eval_size}
         offsets = {"train": 0, "id_val": 1, "id_test": 2, "ood_test": 3}
         agreement = 1.0 / self.num_classes if name.startswith("ood") else self.agreement
-        images, labels, groups = make_shift_images(sizes[name], self.num_classes, agreement, 1000 * self.seed + offsets[name])
+        images, labels, groups = make_shift_images(sizes[name], self.num_classes, agreement, 1000 * self.seed + offsets[name],
+                                                   noise=self.noise, contrast=self.contrast)
         return _TensorShift(images, labels, groups, self.mean, self.std)
 
     def group_names(self, split: str):
