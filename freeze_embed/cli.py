@@ -25,6 +25,7 @@ SELECTION_METRIC = "id_val/acc"  # model selection and early stopping on ID vali
 class FreezeEmbedCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 0)  # reproducible unless a sweep sets the seed
         kwargs.setdefault("trainer_defaults", {
             "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}}})
         super().__init__(FineTuner, ShiftDataModule, *args, subclass_mode_data=True, **kwargs)

@@ -43,7 +43,9 @@ def cached_features(backbone: nn.Module, loader, key: str, cache_dir: Optional[s
         data = np.load(path)
         return data["x"], data["y"]
     x, y = extract_features(backbone, loader, desc)
-    np.savez(path, x=x, y=y)
+    tmp = f"{path}.{os.getpid()}.tmp.npz"  # atomic: runs of a sweep may share the cache
+    np.savez(tmp, x=x, y=y)
+    os.replace(tmp, path)
     return x, y
 
 

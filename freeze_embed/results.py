@@ -55,9 +55,9 @@ def load_summaries(paths: Iterable[str]) -> list[dict]:
     """Summaries from ``summary.json`` files and from every ``summary.json`` below the given directories."""
     found = []
     for p in map(Path, paths):
-        files = sorted(p.rglob("summary.json")) if p.is_dir() else [p]
+        files = sorted(p.rglob("summary.json")) if p.is_dir() else [p] if p.is_file() else []
         if not files:
-            print(f"warning: no summary.json under {p}", file=sys.stderr)
+            print(f"warning: no summary.json at {p}", file=sys.stderr)
         found += files
     summaries = []
     for f in found:
@@ -131,7 +131,8 @@ def to_markdown(mean: pd.DataFrame, ci: pd.DataFrame, title: str) -> str:
 
 
 def to_latex(mean: pd.DataFrame, ci: pd.DataFrame, title: str) -> str:
-    esc = lambda s: s.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%").replace("_", r"\_")  # noqa: E731
+    def esc(s: str) -> str:
+        return s.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%").replace("_", r"\_")
     header, rows = _rows(mean, ci, "$\\pm$")
     n = mean.index.nlevels
     lines = [f"% {title}", r"\begin{tabular}{" + "l" * n + "|" + "c" * (len(header) - n) + "}", r"\toprule",

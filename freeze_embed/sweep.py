@@ -405,7 +405,8 @@ def _read_results(run: Run) -> Optional[dict]:
 # --- the command line ---------------------------------------------------------------------------------------------
 def _labels(configs: Sequence[str], config: dict, args: argparse.Namespace) -> tuple[dict, Path]:
     """Table labels (method, dataset, model) and the default sweep dir ``sweeps/<dataset>/<model>/<method>``."""
-    stem = lambda kind: next((Path(c).stem for c in reversed(configs) if Path(c).parent.name == kind), None)  # noqa: E731
+    def stem(kind: str) -> Optional[str]:
+        return next((Path(c).stem for c in reversed(configs) if Path(c).parent.name == kind), None)
     model = config["model"]
     strategy = (model.get("strategy") or {}).get("class_path", "FullFineTune").rpartition(".")[2]
     optimizer = (model.get("optimizer") or {}).get("class_path", "SGD").rpartition(".")[2]
@@ -413,9 +414,8 @@ def _labels(configs: Sequence[str], config: dict, args: argparse.Namespace) -> t
     labels = {"method": args.method or METHODS.get(stem("method") or "", stem("method")) or f"{strategy} + {optimizer}",
               "dataset": args.dataset or dataset_name(stem("data") or data_class),
               "model": args.model or model_name(model["backbone"])}
-    slug = lambda text: re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")  # noqa: E731
-    parts = [stem(kind) or slug(labels[key]) for kind, key in (("data", "dataset"), ("backbone", "model"),
-                                                                ("method", "method"))]
+    parts = [stem(kind) or re.sub(r"[^a-z0-9]+", "_", labels[key].lower()).strip("_")
+             for kind, key in (("data", "dataset"), ("backbone", "model"), ("method", "method"))]
     return labels, Path("sweeps", *parts)
 
 

@@ -1,0 +1,138 @@
+"""Composable configs: every method and backbone file parses with the demo through the real CLI parser, with the
+paper's values (Appendix A-C); the W&B file logs offline."""
+from __future__ import annotations
+
+import pytest
+
+from freeze_embed.backbones import PAPER_BACKBONES
+from freeze_embed.results import METHODS
+from freeze_embed.sweep import SweepError, compose, resolve_lrs
+
+from conftest import ROOT, results, run_cli, tiny_demo_args
+
+S = "freeze_embed.strategies."
+SGD = {"class_path": "freeze_embed.optim.SGD", "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
+       "nesterov": False}
+ADAMW = {"class_path": "freeze_embed.optim.AdamW", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01}
+NO_MOMENTUM = {**SGD, "momentum": 0.0}
+FE = {"class_path": S + "FreezeEmbed", "freeze_norm": True, "parts": None}
+PROBE = {"class_path": S + "LinearProbe", "logreg": True, "train_head": False, "Cs": None}
+LP = 0.1  # grid factor after a linear probe
+
+# stem -> (strategy, optimizer, LR grid) as the paper has them.
+EXPECTED = {
+    "sgd": ({"class_path": S + "FullFineTune"}, SGD, "sgd"),
+    "adamw": ({"class_path": S + "FullFineTune"}, ADAMW, "adamw"),
+    "sgd_freeze_embed": (FE, SGD, "sgd"),
+    "sgd_freeze_embed_no_momentum": (FE, NO_MOMENTUM, "sgd"),
+    "adamw_freeze_embed": (FE, ADAMW, "adamw"),
+    "sgd_freeze_embed_not_layer_norm": ({**FE, "freeze_norm": False}, SGD, "sgd"),
+    "sgd_5x_lower_lr_embed": ({"class_path": S + "EmbedLRScale", "scale": 0.2}, SGD, "sgd"),
+    "gradual_unfreezing": ({"class_path": S + "GradualUnfreeze", "decay_exp": 3.73, "freeze_embed": True}, SGD, "sgd"),
+    "linear_probing": (PROBE, SGD, "probe"),
+    "lp_ft_sgd": ({"class_path": S + "LPFT", "finetune": {"class_path": S + "FullFineTune"}, "probe": PROBE},
+                  SGD, "sgd/10"),
+    "lp_ft_adamw": ({"class_path": S + "LPFT", "finetune": {"class_path": S + "FullFineTune"}, "probe": PROBE},
+                    ADAMW, "adamw/10"),
+    "lp_ft_sgd_freeze_embed": ({"class_path": S + "LPFT", "finetune": FE, "probe": PROBE}, SGD, "sgd/10"),
+    "lars": ({"class_path": S + "FullFineTune"},
+             {"class_path": "timm.optim.Lars", "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
+              "trust_coeff": 0.001, "always_adapt": True}, "sgd"),
+    "lamb": ({"class_path": S + "FullFineTune"},
+             {"class_path": "timm.optim.Lamb", "betas": [0.9, 0.999], "weight_decay": 0.01}, "sgd"),
+    "sgd_no_momentum": ({"class_path": S + "FullFineTune"}, NO_MOMENTUM, "sgd"),
+    "sgd_weight_decay": ({"class_path": S + "FullFineTune"}, {**SGD, "weight_decay": 0.01}, "sgd"),
+    "sgd_freeze_stem": ({**FE, "parts": ["stem"]}, SGD, "sgd"),
+}
+GRIDS = {"sgd": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2], "adamw": [3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4]}
+
+
+def flat(node: dict) -> dict:
+    """``{class_path, init_args: {...}}`` -> ``{class_path, **init_args}``, nested ones too."""
+    out = {"class_path": node["class_path"]}
+    for k, v in (node.get("init_args") or {}).items():
+        out[k] = flat(v) if isinstance(v, dict) and "class_path" in v else v
+    return out
+
+
+def subset(expected: dict, actual: dict) -> None:
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            subset(value, actual[key])
+        else:
+            assert actual[key] == value, f"{key}: {actual[key]!r} != {value!r}"
+
+
+def test_every_method_file_is_checked_and_named():
+    files = {p.stem for p in (ROOT / "configs/method").glob("*.yaml")}
+    assert files == set(EXPECTED)
+    assert files == set(METHODS)  # each has its paper name for the tables
+
+
+@pytest.mark.parametrize("stem", sorted(EXPECTED))
+def test_method_composes_over_demo_with_paper_values(stem):
+    """The demo sets FreezeEmbed + SGD(lr 0.01) itself: the method file must replace both cleanly."""
+    cfg = compose([ROOT / "configs/demo.yaml", ROOT / f"configs/method/{stem}.yaml"])
+    strategy, optimizer, grid = EXPECTED[stem]
+    subset(strategy, flat(cfg["model"]["strategy"]))
+    subset(optimizer, flat(cfg["model"]["optimizer"]))
+    family, lrs = resolve_lrs(["paper"], cfg)
+    if grid == "probe":
+        assert lrs == [cfg["model"]["optimizer"]["init_args"]["lr"]]
+        assert cfg["trainer"]["max_epochs"] == 1 and cfg["trainer"]["limit_train_batches"] == 1
+    else:
+        name, _, div = grid.partition("/")
+        assert lrs == pytest.approx([lr / (10 if div else 1) for lr in GRIDS[name]])
+    assert cfg["model"]["backbone"] == "timm:vit_tiny_patch16_224"  # the demo's, untouched
+
+
+def test_adamw_does_not_inherit_sgd_weight_decay():
+    """jsonargparse keeps init_args shared by the old and new class: AdamW after SGD would get weight_decay 0."""
+    cfg = compose([ROOT / "configs/demo.yaml", ROOT / "configs/method/adamw.yaml"])
+    assert cfg["model"]["optimizer"]["init_args"]["weight_decay"] == 0.01
+    cfg = compose([ROOT / "configs/demo.yaml", ROOT / "configs/method/adamw.yaml"],
+                  ["--model.optimizer.init_args.lr", "3e-6"])
+    assert cfg["model"]["optimizer"]["init_args"]["lr"] == 3e-6
+
+
+@pytest.mark.parametrize("stem", sorted(PAPER_BACKBONES))
+def test_backbone_file(stem):
+    cfg = compose([ROOT / "configs/demo.yaml", ROOT / f"configs/backbone/{stem}.yaml",
+                   ROOT / "configs/method/sgd_freeze_embed.yaml"])
+    assert cfg["model"]["backbone"] == PAPER_BACKBONES[stem]
+    assert cfg["model"]["pretrained"] is True
+    assert cfg["model"]["backbone_kwargs"] is None  # the demo's tiny-ViT kwargs do not leak in
+
+
+@pytest.mark.parametrize("data", sorted(p.name for p in (ROOT / "configs/data").glob("*.yaml")))
+def test_data_backbone_method_compose(data):
+    cfg = compose([ROOT / f"configs/data/{data}", ROOT / "configs/backbone/clip_vit_b16.yaml",
+                   ROOT / "configs/method/lp_ft_sgd_freeze_embed.yaml"])
+    assert cfg["model"]["backbone"] == "open_clip:ViT-B-16:openai"
+    assert cfg["model"]["strategy"]["class_path"].endswith("LPFT")
+    assert cfg["trainer"]["max_epochs"] in (3, 5, 20, 50)  # the paper's epochs (Appendix A)
+
+
+def test_bad_override_is_a_clear_error():
+    with pytest.raises(SweepError, match="model.no_such_option"):
+        compose([ROOT / "configs/demo.yaml"], ["--model.no_such_option", "1"])
+
+
+def test_wandb_file_logs_offline(tmp_path, monkeypatch):
+    """configs/wandb.yaml on the demo for one tiny epoch (WANDB_MODE=offline from conftest): a local W&B run."""
+    import wandb
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # wandb.yaml logs under ./runs
+    args = tiny_demo_args(tmp_path, epochs=1, extra=[
+        "--config", str(ROOT / "configs/wandb.yaml"),
+        "--model.pretrained", str(ROOT / "freeze_embed/assets/demo_vit_tiny.pth")])
+    i = args.index("--trainer.logger.init_args.save_dir")
+    del args[i:i + 2]  # wandb.yaml replaces the demo's single logger with a list
+    try:
+        run_cli(args)
+    finally:
+        wandb.finish()
+    assert "best/paper/ood" in results(tmp_path)["best"]
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert list((tmp_path / "runs" / "wandb_csv").glob("version_*/metrics.csv"))
