@@ -1,0 +1,47 @@
+import json
+import math
+
+import pytest
+
+from freeze_embed.inspect import main
+
+
+def test_json_lists_parts_and_groups_per_epoch(capsys):
+    assert main(["timm:vit_tiny_patch16_224", "--strategy", "GradualUnfreeze", "--epochs", "3", "--json",
+                 "--backbone-kwargs", "{img_size: 32, patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert list(info) == ["embed", "blocks", "head", "embed_fraction", "epochs"]
+    assert info["embed"] == ["backbone.patch_embed.proj.weight", "backbone.patch_embed.proj.bias"]
+    assert len(info["blocks"]) == 2 and info["head"] == ["head.weight", "head.bias"]
+    assert math.exp(3.73) == pytest.approx(41.6791, abs=1e-4) and math.exp(3.73 / 2) == pytest.approx(6.4559, abs=1e-4)
+    # epoch t trains the top int(t/2*2) = t blocks + head at exp(3.73 * (1 - t/2)) x the base LR
+    scales = [[g["lr_scale"] for g in epoch] for epoch in info["epochs"]]
+    assert scales == [[pytest.approx(41.6791, abs=1e-4)], [pytest.approx(6.4559, abs=1e-4)], [1.0]]
+    assert info["epochs"][0][0]["names"] == ["head.weight", "head.bias"]
+    assert sorted(info["epochs"][1][0]["names"]) == sorted(info["blocks"][1] + info["head"])
+    embed = 3 * 8 * 8 * 32 + 32
+    assert 0 < info["embed_fraction"] < 1 and embed / info["embed_fraction"] == pytest.approx(
+        round(embed / info["embed_fraction"]), abs=1e-6)
+
+
+def test_text_shows_embed_fraction_of_vit_b16(capsys):
+    assert main(["timm:vit_base_patch16_224", "--strategy", "FreezeEmbed"]) == 0
+    out = capsys.readouterr().out
+    assert "embed fraction: 0.688% of 85,800,194 parameters" in out
+    assert "epoch 0: 85,209,602 trainable, 590,592 frozen" in out
+
+
+def test_user_strategy_by_dotted_path(capsys):
+    assert main(["timm:vit_tiny_patch16_224", "--strategy", "my_strategies.FreezeEmbedAndFirstBlock", "--json",
+                 "--backbone-kwargs", "{img_size: 32, patch_size: 8, depth: 2, embed_dim: 32, num_heads: 2}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    trained = info["epochs"][0][0]["names"]
+    assert not set(trained) & set(info["embed"] + info["blocks"][0])
+    assert set(info["blocks"][1]) <= set(trained)
+
+
+def test_bad_input_is_one_line(capsys):
+    assert main(["timm:no_such_model"]) == 2
+    assert capsys.readouterr().err.strip() == "error: Unknown backbone 'timm:no_such_model': the library has no model named 'no_such_model'."
+    assert main(["timm:vit_tiny_patch16_224", "--strategy", "NotAStrategy"]) == 2
+    assert "is not a Strategy class" in capsys.readouterr().err
