@@ -8,7 +8,7 @@ from freeze_embed.backbones import PAPER_BACKBONES
 from freeze_embed.results import METHODS
 from freeze_embed.sweep import SweepError, compose, resolve_lrs
 
-from conftest import ROOT, results, run_cli, tiny_demo_args
+from helpers import ROOT, results, run_cli, tiny_demo_args
 
 S = "freeze_embed.strategies."
 SGD = {"class_path": "freeze_embed.optim.SGD", "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,

@@ -11,7 +11,7 @@ import pytest
 from freeze_embed import results
 from freeze_embed.results import dataset_name, load_summaries, model_name, render, tables
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def summary(method, dataset, id_mean, ood_mean, id_ci=None, ood_ci=None, model="CLIP ViT-B/16", n=3):

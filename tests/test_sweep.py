@@ -13,7 +13,7 @@ import yaml
 from freeze_embed import sweep
 from freeze_embed.sweep import Run, resolve_lrs, stats, summarize
 
-from conftest import ROOT
+from helpers import ROOT
 
 TINY = ["--trainer.max_epochs", "1", "--data.init_args.train_size", "64", "--data.init_args.eval_size", "32",
         "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0",

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.transforms import v2 as T
 
-from conftest import code, interpolation
+from formats import code, interpolation
 from freeze_embed.data import Camelyon17, DataRootError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import code, copy_tree, interpolation
+from formats import code, copy_tree, interpolation
 from freeze_embed.data import DataFormatError, DataRootError, DomainNet
 from freeze_embed.data.domainnet import CLASSES
 

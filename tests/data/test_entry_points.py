@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import fit_args
+from formats import fit_args
 
 WB_GROUPS = ["landbird_land", "landbird_water", "waterbird_land", "waterbird_water"]
 REGIONS = ["Asia", "Europe", "Africa", "Americas", "Oceania", "Other"]

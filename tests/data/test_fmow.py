@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FMOW_ROWS, code, copy_tree
+from formats import FMOW_ROWS, code, copy_tree
 from freeze_embed.data import FMoW, DataRootError, ImageReadError
 from freeze_embed.data.fmow import REGIONS, RegionAccuracy
 

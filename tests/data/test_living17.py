@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import DISTRACTOR, code, copy_tree
+from formats import DISTRACTOR, code, copy_tree
 from freeze_embed.data import DataRootError, Living17
 from freeze_embed.data.living17 import class_names, superclasses, wnids
 

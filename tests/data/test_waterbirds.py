@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import code, copy_tree
+from formats import code, copy_tree
 from freeze_embed.data import DataRootError, ImageReadError, Waterbirds
 from freeze_embed.metrics import GroupAccuracy
 

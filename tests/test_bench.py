@@ -1,0 +1,107 @@
+"""Benchmarks: exact memory accounting per method, the --json schema, the speed script and its fair baseline."""
+import json
+import subprocess
+import sys
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from freeze_embed.bench import METHODS, build, memory, speed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = dict(img_size=16, patch_size=8, depth=2, embed_dim=16, num_heads=2)
+VIT = "timm:vit_tiny_patch16_224"
+ARGS = ["--backbone", VIT, "--backbone-kwargs", json.dumps(TINY), "--image-size", "16"]
+
+
+def sizes(method):
+    """(all parameter bytes, trainable bytes, trainable tensors) counted from the anatomy, not from the bench."""
+    module, _ = build(method, VIT, TINY)
+    named = dict(module.named_parameters())
+    frozen = set(module.anatomy.embed) if method.endswith(("_fe", "_fe_nomom")) else set()
+    trainable = [p for n, p in named.items() if n not in frozen]
+    return (4 * sum(p.numel() for p in named.values()), 4 * sum(p.numel() for p in trainable), len(trainable))
+
+
+@pytest.mark.parametrize("method", ["sgd", "sgd_fe", "sgd_fe_nomom", "adamw", "adamw_fe"])
+def test_memory_accounting_is_exact(method):
+    r = memory.measure(method, VIT, TINY, batch=2, image_size=16, steps=2, device="cpu")
+    params, trainable, tensors = sizes(method)
+    assert params > trainable if "_fe" in method else params == trainable
+    assert r["param_bytes"] == params and r["grad_bytes"] == trainable  # only trainable parameters get gradients
+    expected_state = {"sgd": trainable, "sgd_fe": trainable, "sgd_fe_nomom": 0,  # momentum buffer per parameter
+                      # exp_avg + exp_avg_sq, and `step`: one float32 scalar tensor per parameter (torch >= 1.12)
+                      "adamw": 2 * trainable + 4 * tensors, "adamw_fe": 2 * trainable + 4 * tensors}[method]
+    assert r["state_bytes"] == expected_state
+    assert r["peak_bytes"] > 0
+
+
+def test_adamw_step_is_a_float32_scalar_tensor():
+    _, opt = build("adamw", VIT, TINY)
+    p = opt.param_groups[0]["params"][0]
+    p.grad = torch.ones_like(p)
+    opt.step()
+    step = opt.state[p]["step"]
+    assert torch.is_tensor(step) and step.dtype == torch.float32 and step.numel() == 1
+
+
+def test_json_schema(monkeypatch, capsys):
+    monkeypatch.setattr(memory, "run_child", lambda m, a: memory.measure(m, a.backbone, a.backbone_kwargs, a.batch,
+                                                                          a.image_size, steps=2, device="cpu"))
+    memory.main(ARGS + ["--methods", "sgd_fe,adamw", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["methods"] and list(out["methods"]) == ["sgd_fe", "adamw"]
+    for r in out["methods"].values():
+        assert list(r) == list(memory.KEYS) and all(isinstance(v, int) and v >= 0 for v in r.values())
+    assert out["methods"]["adamw"]["state_bytes"] > out["methods"]["sgd_fe"]["state_bytes"]
+
+
+def test_each_method_runs_in_a_fresh_process():
+    out = subprocess.run([sys.executable, "-m", "freeze_embed.bench.memory", *ARGS, "--methods", "sgd_fe_nomom",
+                          "--steps", "2", "--json"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    r = json.loads(out)["methods"]["sgd_fe_nomom"]
+    assert r["state_bytes"] == 0 and r["grad_bytes"] < r["param_bytes"] and r["peak_bytes"] > r["param_bytes"]
+
+
+def test_ratios_read_like_the_paper():
+    res = {"sgd_fe": {"peak_bytes": 100}, "sgd_fe_nomom": {"peak_bytes": 85}, "adamw": {"peak_bytes": 116},
+           "lamb": {"peak_bytes": 120}}
+    assert memory.ratios(res) == ["AdamW uses 16% more than SGD (freeze-embed)",
+                                  "AdamW uses 36% more than SGD (freeze-embed, no momentum)",
+                                  "AdamW uses 3% less than LAMB"]
+    assert memory.ratios({"sgd": {"peak_bytes": 1}}) == []
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(SystemExit):
+        memory.main(ARGS + ["--methods", "sgd,adam"])
+    assert set(memory.PAPER_METHODS) <= set(METHODS)
+
+
+def test_speed_script_runs(capsys):
+    res = speed.main(ARGS + ["--batch", "4", "--steps", "2", "--warmup", "1", "--methods", "sgd_fe", "--json"])
+    out = json.loads(capsys.readouterr().out)["methods"]["sgd_fe"]
+    assert out == res["sgd_fe"] and out["lightning_img_s"] > 0 and out["hand_img_s"] > 0
+    assert out["overhead"] == pytest.approx(out["lightning_step_s"] / out["hand_step_s"] - 1)
+
+
+@pytest.mark.parametrize("method", ["sgd_fe", "adamw"])
+def test_hand_loop_trains_exactly_like_the_finetuner(method):
+    """The baseline is fair: same init, data, updates and LR schedule give the same weights."""
+    loader = speed._loader(4, 3, 16, 10)
+    dev = torch.device("cpu")
+    _, hand = speed.hand_loop(method, loader, dev, VIT, TINY, "32", 10)
+    _, light = speed.lightning_loop(method, loader, dev, VIT, TINY, "32", 10)
+    moved = 0
+    for (n, a), b in zip(hand.named_parameters(), light.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    torch.manual_seed(0)  # as both loops seed before building: this is their starting point
+    init, _ = build(method, VIT, TINY)
+    for (n, a), b in zip(init.named_parameters(), hand.parameters()):
+        moved += not torch.equal(a, b)
+        if n in init.anatomy.embed and method == "sgd_fe":
+            assert torch.equal(a, b), n
+    assert moved > 0
