@@ -33,8 +33,12 @@ def load_strategy(spec: Optional[str], init_args: Optional[dict] = None) -> Opti
     return cls(**(init_args or {}))
 
 
+def _counter(named: dict[str, nn.Parameter]):
+    return lambda names: sum(named[n].numel() for n in names)
+
+
 def describe(anatomy: Anatomy, named: dict[str, nn.Parameter], strategy: Optional[Strategy], epochs: int) -> dict:
-    count = lambda names: sum(named[n].numel() for n in names)  # noqa: E731
+    count = _counter(named)
     total = count(anatomy.names)
     out = {"embed": anatomy.embed, "blocks": anatomy.blocks, "head": anatomy.head,
            "embed_fraction": count(anatomy.embed) / total, "num_params": total}
@@ -44,7 +48,7 @@ def describe(anatomy: Anatomy, named: dict[str, nn.Parameter], strategy: Optiona
 
 
 def _print(info: dict, named: dict[str, nn.Parameter], embed_modules: list[str]) -> None:
-    count = lambda names: sum(named[n].numel() for n in names)  # noqa: E731
+    count = _counter(named)
     total = info["num_params"]
     print(f"{'part':<12}{'params':>14}{'share':>9}  modules")
     print(f"{'embed':<12}{count(info['embed']):>14,}{count(info['embed']) / total:>9.3%}  {', '.join(embed_modules)}")

@@ -109,23 +109,28 @@ class FineTuner(L.LightningModule):
         self.eval_metrics = nn.ModuleDict({
             name: (dm.metric(name) if hasattr(dm, "metric") else GroupAccuracy()) for name in self.eval_names})
         if stage == "fit":
-            T = self.max_epochs
-            self._in_optimizer = {n for e in range(T) for n in self.plan(e)}
+            self._in_optimizer = set(self.optimizer_plan())
             self.apply_plan(0)
 
-    def configure_optimizers(self):
-        T = self.max_epochs
-        plans = [self.plan(e) for e in range(T)]
+    def optimizer_plan(self) -> dict[str, float]:
+        """``{name: lr_scale}`` of every parameter any epoch trains: the optimizer holds these from the start, so
+        its groups (and a checkpoint's optimizer state) stay the same when gradual unfreezing adds blocks."""
         union: dict[str, float] = {}
-        for plan in plans:
-            for name, scale in plan.items():
+        for epoch in range(self.max_epochs):
+            for name, scale in self.plan(epoch).items():
                 if union.setdefault(name, scale) != scale:
                     raise ValueError(f"{type(self.strategy).__name__} gives '{name}' LR scale {union[name]} and "
                                      f"{scale} in different epochs; use epoch_lr_factor for per-epoch LR changes.")
         if not union:
             raise ValueError(f"{type(self.strategy).__name__} trains no parameter.")
-        named = dict(self.named_parameters())
-        optimizer = build_optimizer(self.optimizer_factory, param_groups(named, union))
+        return union
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.optimizer_factory, param_groups(dict(self.named_parameters()), self.optimizer_plan()))
+
+    def configure_optimizers(self):
+        T = self.max_epochs
+        optimizer = self.make_optimizer()
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = lr_lambda(total, max(total // T, 1), T, self.strategy.epoch_lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}

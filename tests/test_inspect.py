@@ -19,9 +19,11 @@ def test_json_lists_parts_and_groups_per_epoch(capsys):
     assert scales == [[pytest.approx(41.6791, abs=1e-4)], [pytest.approx(6.4559, abs=1e-4)], [1.0]]
     assert info["epochs"][0][0]["names"] == ["head.weight", "head.bias"]
     assert sorted(info["epochs"][1][0]["names"]) == sorted(info["blocks"][1] + info["head"])
-    embed = 3 * 8 * 8 * 32 + 32
-    assert 0 < info["embed_fraction"] < 1 and embed / info["embed_fraction"] == pytest.approx(
-        round(embed / info["embed_fraction"]), abs=1e-6)
+    from freeze_embed.backbones import create_backbone
+    model = create_backbone("timm:vit_tiny_patch16_224", False, img_size=32, patch_size=8, depth=2, embed_dim=32,
+                            num_heads=2).model
+    total = sum(p.numel() for p in model.parameters()) + 32 * 2 + 2  # + the 2-class head
+    assert info["embed_fraction"] == pytest.approx((3 * 8 * 8 * 32 + 32) / total, rel=1e-12)
 
 
 def test_text_shows_embed_fraction_of_vit_b16(capsys):

@@ -1,7 +1,7 @@
 """Benchmarks of the paper's methods: peak training memory (``memory``, Section 5 Table 4) and speed (``speed``).
 
-A method is a (strategy, optimizer) pair, built through the FineTuner's own grouping (``FineTuner.plan`` ->
-``optim.param_groups`` -> ``optim.build_optimizer``), so the benchmarks measure what training does.
+A method is a (strategy, optimizer) pair, built through the FineTuner's own ``make_optimizer``, so the
+benchmarks measure what training does.
 """
 from __future__ import annotations
 
@@ -38,10 +38,8 @@ def build(name: str, backbone: str, backbone_kwargs: Optional[dict[str, Any]] = 
           grad_checkpointing: bool = False, pretrained=False):
     """(FineTuner in train mode with the method's ``requires_grad`` flags, its optimizer), as ``fit`` sets them up."""
     from ..module import FineTuner
-    from ..optim import build_optimizer, param_groups
     strategy, factory = method_parts(name)
     module = FineTuner(backbone=backbone, pretrained=pretrained, num_classes=num_classes, strategy=strategy,
                        optimizer=factory, backbone_kwargs=backbone_kwargs, grad_checkpointing=grad_checkpointing)
     module.apply_plan(0)
-    optimizer = build_optimizer(factory, param_groups(dict(module.named_parameters()), module.plan(0)))
-    return module.train(), optimizer
+    return module.train(), module.make_optimizer()
