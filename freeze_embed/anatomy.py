@@ -11,7 +11,8 @@ Class and position tokens are not embed unless ``embed_tokens=True`` (the paper 
 
 Every parameter lands in exactly one part. Parameters that are neither embed nor a block (tokens, the final norm,
 CLIP's projection) are attached to the first or the last block, so gradual unfreezing trains them with their
-neighbours. Any other timm model falls back on timm's own metadata (``group_matcher`` / ``first_conv``).
+neighbours; ``proj`` also names the projection the head reads through (open_clip's ``proj``), which the authors'
+gradual unfreezing trains with the head from the start. Any other timm model falls back on timm's own metadata (``group_matcher`` / ``first_conv``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Anatomy:
     head: list[str]
     norms: frozenset = field(default_factory=frozenset)   # names of parameters that belong to norm layers
     embed_modules: list[str] = field(default_factory=list)  # the embed prefixes, for display and variants
+    proj: list[str] = field(default_factory=list)  # the projection into the head's input (also in blocks[-1])
 
     @property
     def names(self) -> list[str]:
@@ -173,4 +175,5 @@ def resolve_anatomy(backbone: Backbone, head: nn.Module, *, embed: Optional[Sequ
         head=[head_prefix + n for n, _ in head.named_parameters()],
         norms=frozenset(prefix + n for n in norms),
         embed_modules=list(embed_prefixes),
+        proj=[prefix + n for n in names if backbone.library == "open_clip" and n == "proj"],
     )

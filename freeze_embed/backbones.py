@@ -7,6 +7,7 @@ FineTuner puts a fresh linear head on top of ``Backbone.num_features``.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -85,6 +86,28 @@ def _wants_download(pretrained: Pretrained) -> bool:
     return pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "true")
 
 
+def _unfetchable(spec: str, err: Exception) -> BackboneError:
+    """Offline, or a cold cache: one sentence with the two ways out, instead of a hub library's traceback."""
+    detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return BackboneError(
+        f"The pretrained weights of '{spec}' could not be fetched ({type(err).__name__}: {detail}). Either give a "
+        "local file with --model.pretrained /path/to/weights, or fill the Hugging Face cache on a machine with "
+        "internet (run once with the same backbone) and run here with HF_HUB_OFFLINE=1.")
+
+
+@contextlib.contextmanager
+def _fetching(spec: str, wanted: bool):
+    """Turn a failed download into :func:`_unfetchable`; our own errors and anything else pass through."""
+    try:
+        yield
+    except BackboneError:
+        raise
+    except (OSError, RuntimeError, ConnectionError) as err:  # hub errors are OSErrors; open_clip raises RuntimeError
+        if not wanted:
+            raise
+        raise _unfetchable(spec, err) from err
+
+
 def _misfit(path: str, spec: str, err: Exception) -> BackboneError:
     detail = str(err).strip().splitlines()
     detail = " ".join(detail[:3])[:400]
@@ -98,7 +121,9 @@ def _timm(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
         raise _unknown(str(spec), spec.name, timm.list_models())
     name = f"{spec.name}.{spec.tag}" if spec.tag else spec.name
     path = _checkpoint_path(pretrained)
-    model = timm.create_model(name, pretrained=_wants_download(pretrained) and not path, num_classes=0, **kwargs)
+    download = _wants_download(pretrained) and not path
+    with _fetching(str(spec), download):
+        model = timm.create_model(name, pretrained=download, num_classes=0, **kwargs)
     if path:
         _load_timm_file(model, path, str(spec))
     cfg = model.pretrained_cfg
@@ -139,8 +164,9 @@ def _open_clip(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
     # OpenAI's CLIP was trained with QuickGELU; open_clip only switches to it for the 'openai' tag.
     quick_gelu = spec.tag == "openai"
     try:
-        model = open_clip.create_model(spec.name, pretrained=weights, force_quick_gelu=quick_gelu,
-                                       weights_only=False, **kwargs)
+        with _fetching(str(spec), not path and weights is not None):
+            model = open_clip.create_model(spec.name, pretrained=weights, force_quick_gelu=quick_gelu,
+                                           weights_only=False, **kwargs)
     except RuntimeError as err:
         if path:
             raise _misfit(path, str(spec), err) from err
@@ -157,8 +183,9 @@ def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
     if spec.name not in known:
         raise _unknown(str(spec), spec.name, known)
     path = _checkpoint_path(pretrained)
-    model = torchvision.models.get_model(spec.name, weights="DEFAULT" if _wants_download(pretrained) else None,
-                                         **kwargs)
+    with _fetching(str(spec), _wants_download(pretrained)):
+        model = torchvision.models.get_model(spec.name, weights="DEFAULT" if _wants_download(pretrained) else None,
+                                             **kwargs)
     if path:
         state = torch.load(path, map_location="cpu", weights_only=False)
         state = state.get("state_dict", state) if isinstance(state, dict) else state

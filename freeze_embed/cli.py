@@ -1,8 +1,13 @@
 """The command line: ``python train.py fit --config configs/demo.yaml`` (a LightningCLI).
 
-Adds what every paper run needs: the best checkpoint chosen on ``id_val`` accuracy (the paper's early stopping),
-the last checkpoint for resuming, the backbone's mean/std handed to the data, the head sized from the data, and
+Adds what every paper run needs: the best checkpoint chosen on the dataset's selection metric (the paper's early
+stopping on ID validation), the last checkpoint for resuming, the backbone's mean/std handed to the data, the head
+sized from the data, the data root checked before the model is built (a wrong root must not cost a download), and
 after ``fit`` a test of both the best and the last checkpoint written to ``<log_dir>/results.json``.
+
+A method file (``configs/method/*.yaml``) also carries ``method.name`` (its name in the paper's tables) and
+``method.lr_grid`` (the LRs the authors swept): the one registry of methods, read by the sweep, the benchmarks and
+the results tables through this same parser; training itself ignores them.
 """
 from __future__ import annotations
 
@@ -19,7 +24,12 @@ from .data.base import ShiftDataModule
 from .errors import FreezeEmbedError
 from .module import FineTuner
 
-SELECTION_METRIC = "id_val/acc"  # model selection and early stopping on ID validation accuracy (Section 4)
+
+
+def _checked_num_classes(data: ShiftDataModule) -> int:
+    """Runs between building the data and the model: check the data root first, then size the head."""
+    data.check_root()
+    return data.num_classes
 
 
 class FreezeEmbedCLI(LightningCLI):
@@ -31,15 +41,20 @@ class FreezeEmbedCLI(LightningCLI):
         super().__init__(FineTuner, ShiftDataModule, *args, subclass_mode_data=True, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        # Two checkpoints: the best epoch by ID validation accuracy, and the latest epoch (resume after a crash).
-        # Lightning's own save_last only refreshes when a new best is saved, so "last" is a callback of its own.
+        # Two checkpoints: the best epoch by the dataset's selection metric, and the latest epoch (resume after a
+        # crash). Lightning's own save_last only refreshes when a new best is saved, so "last" is a callback of its own.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.monitor": SELECTION_METRIC, "checkpoint.mode": "max",
-                             "checkpoint.filename": "best-epoch{epoch:02d}", "checkpoint.auto_insert_metric_name": False})
+        parser.set_defaults({"checkpoint.mode": "max", "checkpoint.filename": "best-epoch{epoch:02d}",
+                             "checkpoint.auto_insert_metric_name": False})
+        parser.link_arguments("data.selection_metric", "checkpoint.monitor", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
         parser.link_arguments("model.backbone", "data.init_args.backbone")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data", "model.num_classes", compute_fn=_checked_num_classes, apply_on="instantiate")
+        parser.add_argument("--method.name", type=Optional[str], default=None,
+                            help="The method's name in the paper's tables (set by configs/method/*.yaml).")
+        parser.add_argument("--method.lr_grid", type=Optional[list[float]], default=None,
+                            help="The LRs the authors swept for this method; `sweep --lrs paper` runs them.")
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the best (by id_val accuracy) and the last checkpoint.")
         parser.add_argument("--run_dir", type=Optional[str], default=None,
@@ -56,9 +71,10 @@ class FreezeEmbedCLI(LightningCLI):
         if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return
         ckpts = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-        best = next(c for c in ckpts if c.monitor == SELECTION_METRIC)
+        selection = self.datamodule.selection_metric
+        best = next(c for c in ckpts if c.monitor == selection)
         last = next(c for c in ckpts if c.monitor is None)
-        results = {"best_epoch": None}
+        results = {"best_epoch": None, "selection_metric": selection}
         for tag, path in (("best", best.best_model_path), ("last", last.best_model_path)):
             if not path:
                 continue
@@ -82,10 +98,14 @@ class FreezeEmbedCLI(LightningCLI):
             r = results.get(tag, {})
             id_v, ood_v = r.get(f"{tag}/paper/id"), r.get(f"{tag}/paper/ood")
             if id_v is not None:
-                rows.append(f"  {tag:<5} ID ({dm.id_metric}) {100 * id_v:6.2f}%   OOD ({dm.ood_metric}) "
-                            f"{100 * (ood_v or float('nan')):6.2f}%")
-        print(f"\nResults (best = epoch {results['best_epoch']} by {SELECTION_METRIC}), "
+                rows.append(f"  {tag:<5} ID ({dm.id_metric}) {_pct(id_v)}   OOD ({dm.ood_metric}) {_pct(ood_v)}")
+        print(f"\nResults (best = epoch {results['best_epoch']} by {results['selection_metric']}), "
               f"written to {os.path.join(log_dir, 'results.json')}:\n" + "\n".join(rows), file=sys.stderr)
+
+
+def _pct(value: Optional[float]) -> str:
+    """A collapsed model's 0 shows as 0.00%; only a metric that was not computed shows as n/a."""
+    return "   n/a" if value is None else f"{100 * value:6.2f}%"
 
 
 def _epoch_of(path: str):
@@ -94,9 +114,25 @@ def _epoch_of(path: str):
     return int(m.group(1)) if m else None
 
 
-def main(args=None) -> None:
+def user_error(err: BaseException) -> Optional[FreezeEmbedError]:
+    """The FreezeEmbedError behind ``err``, also when a library wrapped it (jsonargparse wraps errors raised while
+    it instantiates linked classes, e.g. the data root check)."""
+    while err is not None and not isinstance(err, FreezeEmbedError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def exit_on_user_error(fn, *args):
+    """``fn(*args)``; a user's error (a FreezeEmbedError, wrapped or not) ends the program with its one sentence."""
     try:
-        FreezeEmbedCLI(args=args)
-    except FreezeEmbedError as err:
-        print(f"error: {err}", file=sys.stderr)
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 - only the user's errors become one sentence
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def main(args=None) -> None:
+    exit_on_user_error(lambda: FreezeEmbedCLI(args=args))

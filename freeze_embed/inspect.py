@@ -2,7 +2,10 @@
 
     python -m freeze_embed.inspect timm:vit_base_patch16_224 --strategy FreezeEmbed --epochs 3 [--json]
 
-Random weights by default (``--pretrained false``), so it works offline. Frozen parameters are in no group.
+Random weights by default (``--pretrained false``), so it works offline. Frozen parameters are in no group. The
+groups are the FineTuner's own (:meth:`~freeze_embed.module.FineTuner.groups_in_epoch`, the code that builds the
+optimizer); ``lr_scale`` is the multiplier of the base LR those parameters get in that epoch (group scale x the
+strategy's per-epoch factor, e.g. 41.7 in gradual unfreezing's first epoch).
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ from typing import Optional
 import yaml
 from torch import nn
 
-from .anatomy import Anatomy, EmbedNotFound, resolve_anatomy
-from .backbones import BackboneError, create_backbone
+from .anatomy import Anatomy, EmbedNotFound
+from .backbones import BackboneError
 from .strategies import Strategy
 
 
@@ -37,13 +40,17 @@ def _counter(named: dict[str, nn.Parameter]):
     return lambda names: sum(named[n].numel() for n in names)
 
 
-def describe(anatomy: Anatomy, named: dict[str, nn.Parameter], strategy: Optional[Strategy], epochs: int) -> dict:
-    count = _counter(named)
+def describe(module, with_groups: bool, epochs: int) -> dict:
+    """Anatomy and parameter counts of a FineTuner; with ``with_groups``, its optimizer groups in every epoch."""
+    anatomy: Anatomy = module.anatomy
+    count = _counter(dict(module.named_parameters()))
     total = count(anatomy.names)
     out = {"embed": anatomy.embed, "blocks": anatomy.blocks, "head": anatomy.head,
            "embed_fraction": count(anatomy.embed) / total, "num_params": total}
-    if strategy is not None:
-        out["epochs"] = [strategy.param_groups(anatomy, e, epochs) for e in range(epochs)]
+    if with_groups:
+        module.planned_epochs = epochs
+        out["epochs"] = [[{"lr_scale": s, "names": names} for s, names in module.groups_in_epoch(e)]
+                         for e in range(epochs)]
     return out
 
 
@@ -80,13 +87,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     pretrained = {"false": False, "true": True}.get(args.pretrained.lower(), args.pretrained)
     try:
-        backbone = create_backbone(args.backbone, pretrained, **yaml.safe_load(args.backbone_kwargs))
-        head = nn.Linear(backbone.num_features, args.num_classes)
-        anatomy = resolve_anatomy(backbone, head, embed=args.embed, embed_tokens=args.embed_tokens)
+        from .module import FineTuner
         strategy = load_strategy(args.strategy, yaml.safe_load(args.strategy_args))
-        named = {f"backbone.{n}": p for n, p in backbone.model.named_parameters()}
-        named.update({f"head.{n}": p for n, p in head.named_parameters()})
-        info = describe(anatomy, named, strategy, args.epochs)
+        module = FineTuner(args.backbone, pretrained, args.num_classes, strategy, embed=args.embed,
+                           embed_tokens=args.embed_tokens, backbone_kwargs=yaml.safe_load(args.backbone_kwargs))
+        named = dict(module.named_parameters())
+        anatomy = module.anatomy
+        info = describe(module, strategy is not None, args.epochs)
     except (BackboneError, EmbedNotFound, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """FineTuner: backbone + fresh linear head + freezing strategy + optimizer, as one LightningModule."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import lightning as L
 import numpy as np
@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from .anatomy import resolve_anatomy
 from .backbones import create_backbone
 from .metrics import GroupAccuracy
-from .optim import SGD, build_optimizer, lr_lambda, optimizer_state_bytes, param_groups
+from .optim import SGD, build_optimizer, cosine_factor, group_names, optimizer_state_bytes, param_groups
 from .strategies import FullFineTune, Strategy
 
 
@@ -32,13 +32,18 @@ class FineTuner(L.LightningModule):
         embed_tokens: count class/position tokens as embedding (the paper does not).
         backbone_kwargs: passed to the library's constructor (e.g. timm ``img_size``, ``depth``).
         grad_checkpointing: recompute activations in backward to save memory (timm and open_clip models).
+        lr_schedule: ``cosine_per_step`` decays the LR to 0 over all steps (Appendix A's words, the default);
+            ``cosine_per_epoch`` is what the authors ran: ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch
+            (``configs/adaptation/*.yaml`` in AnanyaKumar/transfer_learning). A strategy with its own per-epoch
+            factor (gradual unfreezing) replaces either.
     """
 
     def __init__(self, backbone: str = "timm:vit_base_patch16_224.augreg_in21k",
                  pretrained: Union[bool, str] = False, num_classes: int = 2, strategy: Optional[Strategy] = None,
                  optimizer: OptimizerCallable = SGD, embed: Optional[Sequence[str]] = None,
                  embed_tokens: bool = False, backbone_kwargs: Optional[dict[str, Any]] = None,
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: bool = False,
+                 lr_schedule: Literal["cosine_per_step", "cosine_per_epoch"] = "cosine_per_step"):
         super().__init__()
         self.save_hyperparameters(ignore=["strategy", "optimizer"])
         built = create_backbone(backbone, pretrained, **(backbone_kwargs or {}))
@@ -48,6 +53,8 @@ class FineTuner(L.LightningModule):
         self.anatomy = resolve_anatomy(built, self.head, embed=embed, embed_tokens=embed_tokens)
         self.strategy = strategy if strategy is not None else FullFineTune()
         self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule
+        self.planned_epochs = 1
         if grad_checkpointing:
             setter = getattr(self.backbone, "set_grad_checkpointing", None)
             if setter is None:
@@ -70,11 +77,17 @@ class FineTuner(L.LightningModule):
     # --- which parameters train --------------------------------------------------------------------------------
     @property
     def max_epochs(self) -> int:
-        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        """The trainer's, or ``planned_epochs`` before there is one (``inspect``, the benchmarks)."""
+        epochs = self.trainer.max_epochs if self._trainer is not None else self.planned_epochs
         return epochs if epochs and epochs > 0 else 1
 
     def plan(self, epoch: int) -> dict[str, float]:
         return self.strategy.trainable(self.anatomy, epoch, self.max_epochs)
+
+    def groups_in_epoch(self, epoch: int) -> list[tuple[float, list[str]]]:
+        """``[(multiplier of the base LR, names)]`` trained in ``epoch``: the optimizer's groups and the strategy's
+        per-epoch factor, from the code training uses (``inspect`` prints this)."""
+        return group_names(self.plan(epoch), self.strategy.epoch_lr_factor(epoch, self.max_epochs))
 
     def apply_plan(self, epoch: int) -> None:
         """Set ``requires_grad`` for ``epoch``: only that epoch's trainable parameters get gradients.
@@ -129,25 +142,41 @@ class FineTuner(L.LightningModule):
         return build_optimizer(self.optimizer_factory, param_groups(dict(self.named_parameters()), self.optimizer_plan()))
 
     def configure_optimizers(self):
+        """The LR multiplier: per-epoch schedules run on the trainer's epoch clock (Lightning steps them once at the
+        end of each epoch), so gradual unfreezing's LR factor and its freezing always agree on the epoch."""
         T = self.max_epochs
         optimizer = self.make_optimizer()
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = lr_lambda(total, max(total // T, 1), T, self.strategy.epoch_lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+        own = self.strategy.epoch_lr_factor
+        if not self.strategy.trains_steps:
+            schedule, interval = (lambda epoch: 0.0), "epoch"
+        elif own(0, T) is not None:
+            schedule, interval = (lambda epoch: own(min(epoch, T - 1), T)), "epoch"
+        elif self.lr_schedule == "cosine_per_epoch":
+            schedule, interval = (lambda epoch: cosine_factor(epoch, T)), "epoch"
+        else:
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            schedule, interval = (lambda step: cosine_factor(step, total)), "step"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": interval}}
 
-    # --- exact resume: the RNG states travel with the checkpoint (Lightning does not save them) ---------------
+    # --- exact resume: what is not weights travels with the checkpoint -----------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        states = _collect_rng_states(include_cuda=False)
+        """RNG states (CPU, numpy, Python and every CUDA device; Lightning saves none) and the strategy's run state
+        (e.g. "the probe was fitted"), so a resumed run neither redoes nor loses what it did once."""
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
         kind, keys, pos, has_gauss, gauss = states["numpy"]  # plain lists keep torch.load(weights_only=True) happy
         states["numpy"] = (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss))
         checkpoint["rng_states"] = states
+        checkpoint["strategy_state"] = self.strategy.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
             states = dict(checkpoint["rng_states"])
             kind, keys, pos, has_gauss, gauss = states["numpy"]
             states["numpy"] = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss)
+            if not torch.cuda.is_available():
+                states.pop("torch.cuda", None)  # a GPU run resumed on CPU: nothing to restore
             _set_rng_states(states)
+        self.strategy.load_state_dict(checkpoint.get("strategy_state") or {})
 
     # --- hooks ------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -171,9 +200,11 @@ class FineTuner(L.LightningModule):
 
     # --- steps ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int):
-        if not self.strategy.trains_steps:
-            return None
         x, y = batch[0], batch[1]
+        if not self.strategy.trains_steps:
+            # A logistic-regression probe trains no step. DDP refuses a skipped step (None), so the step is a zero
+            # loss at LR 0 (configure_optimizers): no parameter moves, and epochs, checkpoints and DDP run as usual.
+            return self(x).sum() * 0.0
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()

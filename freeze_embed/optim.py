@@ -2,8 +2,8 @@
 
 Appendix A: "all the default options for SGD and AdamW in pytorch except SGD momentum 0.9": SGD has no dampening
 and weight decay 0; AdamW has weight decay 0.01, betas (0.9, 0.999), eps 1e-8. The LR decays from its base value to
-0 with a cosine over all training steps, stepped per batch. LARS and LAMB come from ``timm.optim`` and any other
-torch optimizer is named by ``class_path`` in YAML.
+0 with a cosine over all training steps, stepped per batch. LARS and LAMB come from ``torch_optimizer`` (as the
+authors ran them) or ``timm.optim`` (``configs/method/``), and any other torch optimizer is named by ``class_path``.
 """
 from __future__ import annotations
 
@@ -34,12 +34,20 @@ class AdamW(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def param_groups(named_params: dict[str, nn.Parameter], plan: dict[str, float]) -> list[dict]:
-    """One group per LR scale; each carries ``lr_scale`` (the MAE convention) for the optimizer setup to apply."""
-    groups: dict[float, list] = {}
+def group_names(plan: dict[str, float], epoch_factor: Optional[float] = None) -> list[tuple[float, list[str]]]:
+    """``[(lr_scale, names)]``, one group per LR scale, largest first: the one grouping the optimizer gets and
+    ``inspect`` shows. With ``epoch_factor`` (a strategy's per-epoch LR factor), each scale is multiplied by it:
+    the multiplier of the base LR those parameters really get in that epoch."""
+    groups: dict[float, list[str]] = {}
     for name, scale in plan.items():
-        groups.setdefault(scale, []).append(named_params[name])
-    return [{"params": ps, "lr_scale": s} for s, ps in sorted(groups.items(), key=lambda kv: -kv[0])]
+        groups.setdefault(scale, []).append(name)
+    factor = 1.0 if epoch_factor is None else epoch_factor
+    return [(s * factor, names) for s, names in sorted(groups.items(), key=lambda kv: -kv[0])]
+
+
+def param_groups(named_params: dict[str, nn.Parameter], plan: dict[str, float]) -> list[dict]:
+    """Optimizer groups of :func:`group_names`; each carries ``lr_scale`` (the MAE convention) and its names."""
+    return [{"params": [named_params[n] for n in names], "lr_scale": s, "names": names} for s, names in group_names(plan)]
 
 
 def build_optimizer(factory: Callable[[Iterable], torch.optim.Optimizer], groups: list[dict]) -> torch.optim.Optimizer:
@@ -56,16 +64,6 @@ def cosine_factor(step: int, total_steps: int) -> float:
     if total_steps <= 0:
         return 1.0
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-
-
-def lr_lambda(total_steps: int, steps_per_epoch: int, max_epochs: int,
-              epoch_factor: Callable[[int, int], Optional[float]]) -> Callable[[int], float]:
-    """LR multiplier for step ``step``: the strategy's per-epoch factor if it has one, else the cosine."""
-    def factor(step: int) -> float:
-        epoch = min(step // max(steps_per_epoch, 1), max_epochs - 1)
-        own = epoch_factor(epoch, max_epochs)
-        return cosine_factor(step, total_steps) if own is None else own
-    return factor
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

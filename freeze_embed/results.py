@@ -1,7 +1,8 @@
 """The paper's results tables from sweep summaries (Tables 1-2, 5, 7-8).
 
 ``python -m freeze_embed.results sweeps/ [more dirs or summary.json files] [--format markdown|csv|latex]`` prints
-an ID and an OOD table: methods as rows (grouped by model when there are several), datasets and their average as
+an ID and an OOD table: methods as rows in the order given (named by their method files' ``method.name``; grouped
+by model when there are several), datasets and their average as
 columns, each cell the mean over seeds +- the 90% confidence interval (Table 5), in percent. ``Avg.`` is the mean
 over datasets, shown only for rows that have every dataset; its CI combines the datasets' CIs as independent
 (sqrt(sum ci^2) / D). A summary needs only ``method``, ``dataset``, ``model`` and ``id`` / ``ood`` ``{"mean",
@@ -19,16 +20,6 @@ import pandas as pd
 
 from .backbones import PAPER_BACKBONES
 
-# configs/method/<stem>.yaml -> the paper's name, in the order of Tables 7-8 (then Appendix C and D).
-METHODS = {
-    "sgd": "SGD", "adamw": "AdamW", "sgd_freeze_embed": "SGD (freeze-embed)",
-    "sgd_freeze_embed_no_momentum": "SGD (freeze-embed, no momentum)", "gradual_unfreezing": "Gradual-unfreezing",
-    "sgd_freeze_embed_not_layer_norm": "SGD (freeze-embed, not layer-norm)",
-    "sgd_5x_lower_lr_embed": "SGD (5x lower LR on embed layer)", "linear_probing": "Linear probing",
-    "lamb": "LAMB", "lars": "LARS", "sgd_no_momentum": "SGD (no momentum)", "sgd_weight_decay": "SGD (weight decay)",
-    "lp_ft_sgd": "LP-FT + SGD", "lp_ft_adamw": "LP-FT + AdamW", "lp_ft_sgd_freeze_embed": "LP-FT + SGD (freeze-embed)",
-    "sgd_freeze_stem": "SGD (freeze-stem)", "adamw_freeze_embed": "AdamW (freeze-embed)",
-}
 # Dataset keys (config stems, or a word in the datamodule's class name) -> column names, in the paper's order.
 DATASETS = {"living17": "Living-17", "waterbirds": "Waterbirds", "domainnet": "DomainNet", "fmow": "FMoW",
             "camelyon": "Camelyon", "demo": "Demo"}
@@ -76,7 +67,7 @@ def _ordered(values: list[str], order: Iterable[str]) -> list[str]:
 def tables(summaries: list[dict]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """``{"ID": (mean, ci), "OOD": (mean, ci)}`` in percent; rows method (or model x method), columns datasets."""
     models = _ordered([s["model"] for s in summaries], MODELS.values())
-    methods = _ordered([s["method"] for s in summaries], METHODS.values())
+    methods = list(dict.fromkeys(s["method"] for s in summaries))  # method.name of each method file, in given order
     datasets = _ordered([s["dataset"] for s in summaries], DATASETS.values())
     if len(models) > 1:
         index = pd.MultiIndex.from_tuples([(m, a) for m in models for a in methods], names=["Model", "Method"])

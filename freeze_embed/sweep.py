@@ -9,18 +9,15 @@ last.ckpt resume from it: the same command finishes an interrupted sweep. The LR
 accuracy wins; each run counts at its best epoch by ID validation (early stopping); DIR/summary.json gets the mean
 +- 1.645 * std / sqrt(n) over seeds (Table 5's 90% CI), with the sample std (ddof=1; the paper does not say which).
 
-Grids (Appendix A): SGD [3e-5 .. 1e-2] and AdamW [3e-7 .. 1e-4], both / 10 after a linear probe (LP-FT). Adam(W)
-takes the AdamW grid; SGD, LARS and LAMB the SGD grid. The paper does not name the LARS and LAMB grids: both scale
-each layer's step to its weight norm (trust ratio), making the LR a relative step, and the relative step of AdamW at
-1e-5 (about 3e-4) lies inside the SGD grid. A pure linear probe fits its own C and runs one LR.
+LR grids live with the methods: ``--lrs paper`` (the default) runs the composed config's ``method.lr_grid``, which
+each ``configs/method/*.yaml`` sets to the authors' grid (see :mod:`freeze_embed.methods`). The selection metric is
+the dataset's (``selection_metric`` of its datamodule, recorded in each run's results.json).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import hashlib
-import io
 import json
 import math
 import os
@@ -38,13 +35,10 @@ from typing import Optional, Sequence
 import submitit
 import yaml
 
-from .results import METHODS, dataset_name, model_name
+from .methods import ConfigError, compose
+from .results import dataset_name, model_name
 
-SGD_GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-ADAMW_GRID = (3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4)
-LPFT_DIVISOR = 10.0
 Z90 = 1.645  # two-sided 90% normal quantile
-SELECTION_METRIC = "id_val/acc"  # = freeze_embed.cli.SELECTION_METRIC
 RUN_CONFIG = "run_config.yaml"
 TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
 STD_NOTE = "sample standard deviation over seeds (ddof=1)"
@@ -52,79 +46,23 @@ CI_NOTE = "90% CI half-width = 1.645 * std / sqrt(n)"
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
 
-class SweepError(RuntimeError):
+class SweepError(ConfigError):
     """A sweep that cannot start; the message says why."""
 
 
-# --- the composed config and its LR grid ------------------------------------------------------------------------
-def compose(configs: Sequence[str], overrides: Sequence[str] = ()) -> dict:
-    """The complete ``train.py fit`` config from the real CLI parser (``--print_config``); nothing is built."""
-    from .cli import FreezeEmbedCLI
-    args = ["fit", *[a for c in configs for a in ("--config", str(c))], *overrides]
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            FreezeEmbedCLI(args=args + ["--print_config"])
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    if code or not out.getvalue().strip():
-        lines = err.getvalue().strip().splitlines()
-        why = "\n".join(lines[next((i for i, x in enumerate(lines) if x.startswith("error:")), 0):])
-        raise SweepError(f"train.py fit cannot parse {shlex.join(args[1:])}:\n{why}")
-    return yaml.safe_load(out.getvalue())
-
-
-def _class(path: str):
-    import importlib
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-
-
-def _is(path: str, base) -> bool:
-    cls = _class(path or "")
-    return isinstance(cls, type) and issubclass(cls, base)
-
-
-def lr_family(config: dict) -> str:
-    """``probe`` (logistic-regression linear probe), ``adamw`` (Adam, AdamW) or ``sgd`` (everything else)."""
-    from .strategies import LinearProbe
-    model = config["model"]
-    strategy = model.get("strategy") or {}
-    init = strategy.get("init_args") or {}
-    if _is(strategy.get("class_path"), LinearProbe) and init.get("logreg", True) and not init.get("train_head"):
-        return "probe"
-    import torch
-    path = (model.get("optimizer") or {}).get("class_path", "")
-    adam = _is(path, (torch.optim.Adam, torch.optim.AdamW)) or path.rpartition(".")[2].lower() in ("adam", "adamw")
-    return "adamw" if adam else "sgd"
-
-
-def is_lpft(config: dict) -> bool:
-    from .strategies import LPFT
-    return _is((config["model"].get("strategy") or {}).get("class_path"), LPFT)
-
-
-def _lr_of(config: dict) -> float:
-    return float(((config["model"].get("optimizer") or {}).get("init_args") or {}).get("lr", 1e-3))
-
-
+# --- the LR grid ---------------------------------------------------------------------------------------------
 def resolve_lrs(spec: Sequence[str], config: dict) -> tuple[str, list[float]]:
-    """``paper`` (the grid of the config's optimizer), ``sgd`` / ``adamw`` (that grid) or explicit LRs."""
-    if len(spec) == 1 and spec[0] in ("paper", "sgd", "adamw"):
-        family = lr_family(config) if spec[0] == "paper" else spec[0]
-        if family == "probe":
-            return "probe: one LR (logistic regression sweeps its own C)", [_lr_of(config)]
-        grid = SGD_GRID if family == "sgd" else ADAMW_GRID
-        if is_lpft(config):
-            return f"{family} grid / 10 (LP-FT)", [float(f"{lr / LPFT_DIVISOR:.6g}") for lr in grid]
-        return f"{family} grid", list(grid)
+    """``paper`` (the method's ``method.lr_grid``) or explicit LRs."""
+    if list(spec) == ["paper"]:
+        meta = config.get("method") or {}
+        if not meta.get("lr_grid"):
+            raise SweepError("--lrs paper needs a method file (configs/method/*.yaml sets method.lr_grid); compose "
+                             "one with --config, or give the LRs, e.g. --lrs 1e-3 3e-3.")
+        return f"{meta.get('name') or 'method'} grid", [float(x) for x in meta["lr_grid"]]
     try:
         return "given", sorted(float(x) for x in spec)
     except ValueError:
-        raise SweepError(f"--lrs takes 'paper', 'sgd', 'adamw' or numbers, not {' '.join(spec)}") from None
+        raise SweepError(f"--lrs takes 'paper' or numbers, not {' '.join(spec)}") from None
 
 
 # --- one run ------------------------------------------------------------------------------------------------------
@@ -220,9 +158,10 @@ def _outcome(run: Run, res: dict) -> str:
     if res.get("status") != "done":
         why = res.get("error") or f"exit code {res.get('rc')}"
         return f"FAILED ({why}); log: {res.get('log', Path(run.run_dir) / 'train.log')}"
-    r = (_read_results(run) or {}).get("best") or {}
+    res = _read_results(run) or {}
+    r, selection = res.get("best") or {}, res.get("selection_metric", "id_val/acc")
     nums = ", ".join(f"{k} {100 * r[f'best/{m}']:.1f}%" for k, m in
-                     (("id_val", SELECTION_METRIC), ("ID", "paper/id"), ("OOD", "paper/ood")) if f"best/{m}" in r)
+                     ((selection, selection), ("ID", "paper/id"), ("OOD", "paper/ood")) if f"best/{m}" in r)
     secs = res.get("seconds")
     return "done" + (f" in {secs:.0f}s" if secs is not None else "") + (f" ({nums})" if nums else "")
 
@@ -348,18 +287,22 @@ def stats(values: Sequence[float]) -> dict:
 
 
 def summarize(records: Sequence[dict], select: str = "best") -> dict:
-    """Pick the LR with the best mean ID validation accuracy and report its seeds' ID/OOD.
+    """Pick the LR with the best mean selection metric (the dataset's, from results.json) and report its seeds'
+    ID/OOD.
 
     ``records``: ``{"lr", "seed", "status", "results"}`` with ``results`` a run's results.json (or None).
     ``select``: ``best`` (each run's early-stopped checkpoint) or ``last`` (its last epoch).
     Ties between LRs go to the smaller LR.
     """
-    runs = []
+    runs, selections = [], set()
     for r in records:
         res = r.get("results") or {}
         one = {"lr": r["lr"], "seed": r["seed"], "status": r["status"], "run_dir": r.get("run_dir"),
                "epoch": (res.get("best_epoch") if select == "best" else "last") if res else None}
-        for key, metric in (("id_val", SELECTION_METRIC), ("id", "paper/id"), ("ood", "paper/ood")):
+        selection = res.get("selection_metric", "id_val/acc")
+        if res:
+            selections.add(selection)
+        for key, metric in (("id_val", selection), ("id", "paper/id"), ("ood", "paper/ood")):
             one[key] = (res.get(select) or {}).get(f"{select}/{metric}")
         runs.append(one)
     per_lr = []
@@ -370,7 +313,9 @@ def summarize(records: Sequence[dict], select: str = "best") -> dict:
     scored = [p for p in per_lr if p["n_done"]]
     best = max(scored, key=lambda p: p["id_val"]["mean"]) if scored else None  # max keeps the first (smallest) LR
     chosen = [r for r in runs if best and r["lr"] == best["lr"] and r["id_val"] is not None]
-    return {"select": select, "selection_metric": SELECTION_METRIC, "std": STD_NOTE, "ci": CI_NOTE,
+    if len(selections) > 1:
+        raise SweepError(f"runs of one sweep were selected on different metrics {sorted(selections)}")
+    return {"select": select, "selection_metric": next(iter(selections), None), "std": STD_NOTE, "ci": CI_NOTE,
             "chosen_lr": best["lr"] if best else None,
             **{k: best[k] if best else stats([]) for k in ("id", "ood", "id_val")},
             "chosen_runs": [{k: r[k] for k in ("seed", "epoch", "id_val", "id", "ood")} for r in chosen],
@@ -411,7 +356,7 @@ def _labels(configs: Sequence[str], config: dict, args: argparse.Namespace) -> t
     strategy = (model.get("strategy") or {}).get("class_path", "FullFineTune").rpartition(".")[2]
     optimizer = (model.get("optimizer") or {}).get("class_path", "SGD").rpartition(".")[2]
     data_class = (config.get("data") or {}).get("class_path", "data").rpartition(".")[2]
-    labels = {"method": args.method or METHODS.get(stem("method") or "", stem("method")) or f"{strategy} + {optimizer}",
+    labels = {"method": args.method or (config.get("method") or {}).get("name") or f"{strategy} + {optimizer}",
               "dataset": args.dataset or dataset_name(stem("data") or data_class),
               "model": args.model or model_name(model["backbone"])}
     parts = [stem(kind) or re.sub(r"[^a-z0-9]+", "_", labels[key].lower()).strip("_")
@@ -423,7 +368,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     p = argparse.ArgumentParser(prog="python -m freeze_embed.sweep", allow_abbrev=False,
                                 description="LR x seed sweep of train.py fit; unknown arguments go to train.py.")
     p.add_argument("--config", action="append", required=True, help="train.py config files, composed in order")
-    p.add_argument("--lrs", nargs="+", default=["paper"], help="'paper' (default), 'sgd', 'adamw' or numbers")
+    p.add_argument("--lrs", nargs="+", default=["paper"],
+                   help="'paper' (default: the method file's method.lr_grid) or numbers")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", help="sweep directory (default sweeps/<dataset>/<model>/<method>)")
     p.add_argument("--launcher", choices=["local", "slurm", "debug"], default="local",
@@ -432,7 +378,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     p.add_argument("--select", choices=["best", "last"], default="best",
                    help="each run's early-stopped (best ID val) or last epoch")
     p.add_argument("--group", help="W&B group of the sweep's runs (default: from --out)")
-    p.add_argument("--method", help="row label in tables (default: from configs/method/<stem>.yaml)")
+    p.add_argument("--method", help="row label in tables (default: method.name of the method file)")
     p.add_argument("--dataset", help="column label (default: from configs/data/<stem>.yaml)")
     p.add_argument("--model", help="model label (default: from model.backbone)")
     p.add_argument("--summarize_only", action="store_true", help="launch nothing, summarize what is there")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from freeze_embed.bench import METHODS, build, memory, speed
+from freeze_embed import methods
+from freeze_embed.bench import memory, speed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,28 +20,28 @@ ARGS = ["--backbone", VIT, "--backbone-kwargs", json.dumps(TINY), "--image-size"
 
 def sizes(method):
     """(all parameter bytes, trainable bytes, trainable tensors) counted from the anatomy, not from the bench."""
-    module, _ = build(method, VIT, TINY)
+    module, _, _ = methods.build_module(method, VIT, TINY)
     named = dict(module.named_parameters())
-    frozen = set(module.anatomy.embed) if method.endswith(("_fe", "_fe_nomom")) else set()
+    frozen = set(module.anatomy.embed) if "freeze_embed" in method else set()
     trainable = [p for n, p in named.items() if n not in frozen]
     return (4 * sum(p.numel() for p in named.values()), 4 * sum(p.numel() for p in trainable), len(trainable))
 
 
-@pytest.mark.parametrize("method", ["sgd", "sgd_fe", "sgd_fe_nomom", "adamw", "adamw_fe"])
+@pytest.mark.parametrize("method", ["sgd", "sgd_freeze_embed", "sgd_freeze_embed_no_momentum", "adamw", "adamw_freeze_embed"])
 def test_memory_accounting_is_exact(method):
     r = memory.measure(method, VIT, TINY, batch=2, image_size=16, steps=2, device="cpu")
     params, trainable, tensors = sizes(method)
-    assert params > trainable if "_fe" in method else params == trainable
+    assert params > trainable if "freeze_embed" in method else params == trainable
     assert r["param_bytes"] == params and r["grad_bytes"] == trainable  # only trainable parameters get gradients
-    expected_state = {"sgd": trainable, "sgd_fe": trainable, "sgd_fe_nomom": 0,  # momentum buffer per parameter
+    expected_state = {"sgd": trainable, "sgd_freeze_embed": trainable, "sgd_freeze_embed_no_momentum": 0,  # momentum buffer per parameter
                       # exp_avg + exp_avg_sq, and `step`: one float32 scalar tensor per parameter (torch >= 1.12)
-                      "adamw": 2 * trainable + 4 * tensors, "adamw_fe": 2 * trainable + 4 * tensors}[method]
+                      "adamw": 2 * trainable + 4 * tensors, "adamw_freeze_embed": 2 * trainable + 4 * tensors}[method]
     assert r["state_bytes"] == expected_state
     assert r["peak_bytes"] > 0
 
 
 def test_adamw_step_is_a_float32_scalar_tensor():
-    _, opt = build("adamw", VIT, TINY)
+    _, opt, _ = methods.build_module("adamw", VIT, TINY)
     p = opt.param_groups[0]["params"][0]
     p.grad = torch.ones_like(p)
     opt.step()
@@ -51,24 +52,27 @@ def test_adamw_step_is_a_float32_scalar_tensor():
 def test_json_schema(monkeypatch, capsys):
     monkeypatch.setattr(memory, "run_child", lambda m, a: memory.measure(m, a.backbone, a.backbone_kwargs, a.batch,
                                                                           a.image_size, steps=2, device="cpu"))
-    memory.main(ARGS + ["--methods", "sgd_fe,adamw", "--json"])
+    memory.main(ARGS + ["--methods", "sgd_freeze_embed,adamw", "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert list(out) == ["methods"] and list(out["methods"]) == ["sgd_fe", "adamw"]
+    assert list(out) == ["methods"] and list(out["methods"]) == ["sgd_freeze_embed", "adamw"]
     for r in out["methods"].values():
-        assert list(r) == list(memory.KEYS) and all(isinstance(v, int) and v >= 0 for v in r.values())
-    assert out["methods"]["adamw"]["state_bytes"] > out["methods"]["sgd_fe"]["state_bytes"]
+        assert list(r) == [*memory.KEYS, "baseline_bytes", "name"]
+        assert all(isinstance(r[k], int) and r[k] >= 0 for k in (*memory.KEYS, "baseline_bytes"))
+    assert [r["name"] for r in out["methods"].values()] == ["SGD (freeze-embed)", "AdamW"]  # from the method files
+    assert out["methods"]["adamw"]["state_bytes"] > out["methods"]["sgd_freeze_embed"]["state_bytes"]
 
 
 def test_each_method_runs_in_a_fresh_process():
-    out = subprocess.run([sys.executable, "-m", "freeze_embed.bench.memory", *ARGS, "--methods", "sgd_fe_nomom",
+    out = subprocess.run([sys.executable, "-m", "freeze_embed.bench.memory", *ARGS, "--methods", "sgd_freeze_embed_no_momentum",
                           "--steps", "2", "--json"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    r = json.loads(out)["methods"]["sgd_fe_nomom"]
+    r = json.loads(out)["methods"]["sgd_freeze_embed_no_momentum"]
     assert r["state_bytes"] == 0 and r["grad_bytes"] < r["param_bytes"] and r["peak_bytes"] > r["param_bytes"]
 
 
 def test_ratios_read_like_the_paper():
-    res = {"sgd_fe": {"peak_bytes": 100}, "sgd_fe_nomom": {"peak_bytes": 85}, "adamw": {"peak_bytes": 116},
-           "lamb": {"peak_bytes": 120}}
+    res = {"sgd_freeze_embed": {"peak_bytes": 100, "name": "SGD (freeze-embed)"}, "adamw": {"peak_bytes": 116},
+           "sgd_freeze_embed_no_momentum": {"peak_bytes": 85, "name": "SGD (freeze-embed, no momentum)"},
+           "lamb": {"peak_bytes": 120, "name": "LAMB"}}
     assert memory.ratios(res) == ["AdamW uses 16% more than SGD (freeze-embed)",
                                   "AdamW uses 36% more than SGD (freeze-embed, no momentum)",
                                   "AdamW uses 3% less than LAMB"]
@@ -78,17 +82,17 @@ def test_ratios_read_like_the_paper():
 def test_unknown_method_is_refused():
     with pytest.raises(SystemExit):
         memory.main(ARGS + ["--methods", "sgd,adam"])
-    assert set(memory.PAPER_METHODS) <= set(METHODS)
+    assert set(memory.PAPER_METHODS) <= set(methods.keys())
 
 
 def test_speed_script_runs(capsys):
-    res = speed.main(ARGS + ["--batch", "4", "--steps", "2", "--warmup", "1", "--methods", "sgd_fe", "--json"])
-    out = json.loads(capsys.readouterr().out)["methods"]["sgd_fe"]
-    assert out == res["sgd_fe"] and out["lightning_img_s"] > 0 and out["hand_img_s"] > 0
+    res = speed.main(ARGS + ["--batch", "4", "--steps", "2", "--warmup", "1", "--methods", "sgd_freeze_embed", "--json"])
+    out = json.loads(capsys.readouterr().out)["methods"]["sgd_freeze_embed"]
+    assert out == res["sgd_freeze_embed"] and out["lightning_img_s"] > 0 and out["hand_img_s"] > 0
     assert out["overhead"] == pytest.approx(out["lightning_step_s"] / out["hand_step_s"] - 1)
 
 
-@pytest.mark.parametrize("method", ["sgd_fe", "adamw"])
+@pytest.mark.parametrize("method", ["sgd_freeze_embed", "adamw"])
 def test_hand_loop_trains_exactly_like_the_finetuner(method):
     """The baseline is fair: same init, data, updates and LR schedule give the same weights."""
     loader = speed._loader(4, 3, 16, 10)
@@ -99,9 +103,30 @@ def test_hand_loop_trains_exactly_like_the_finetuner(method):
     for (n, a), b in zip(hand.named_parameters(), light.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
     torch.manual_seed(0)  # as both loops seed before building: this is their starting point
-    init, _ = build(method, VIT, TINY)
+    init, _, _ = methods.build_module(method, VIT, TINY)
     for (n, a), b in zip(init.named_parameters(), hand.parameters()):
         moved += not torch.equal(a, b)
-        if n in init.anatomy.embed and method == "sgd_fe":
+        if n in init.anatomy.embed and method == "sgd_freeze_embed":
             assert torch.equal(a, b), n
     assert moved > 0
+
+
+@pytest.mark.parametrize("method", ["lars", "lars_timm", "lamb", "lamb_timm", "sgd_5x_lower_lr_embed"])
+def test_bench_builds_the_method_file_not_a_table_of_its_own(method):
+    """The optimizer a benchmark measures is the class and arguments of configs/method/<method>.yaml (a bench LARS
+    without its trust ratio is the bug this guards against), with the strategy's LR scales applied."""
+    import importlib
+
+    import yaml
+    spec = yaml.safe_load(methods.path(method).read_text())["model"]["optimizer"]
+    module_name, _, cls_name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    _, opt, name = methods.build_module(method, VIT, TINY)
+    assert type(opt) is cls and name == yaml.safe_load(methods.path(method).read_text())["method"]["name"]
+    for key, value in spec["init_args"].items():
+        if key != "lr":  # torch_optimizer.Lamb keeps clamp_value / adam / debias as attributes, not defaults
+            held = opt.defaults[key] if key in opt.defaults else getattr(opt, key)
+            assert held == (tuple(value) if isinstance(value, list) else value), key
+    lrs = sorted({g["lr"] for g in opt.param_groups})
+    assert lrs == pytest.approx([spec["init_args"]["lr"]] if method != "sgd_5x_lower_lr_embed"
+                                else [0.2 * spec["init_args"]["lr"], spec["init_args"]["lr"]])

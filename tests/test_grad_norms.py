@@ -39,7 +39,7 @@ def test_values_equal_a_hand_computed_loop():
     def block(i, parts):
         return [n for n in names if any(n.startswith(f"backbone.blocks.{i}.{p}.") for p in parts)]
 
-    layers = {"embed": [n for n in names if n.startswith("backbone.patch_embed.proj.")],
+    layers = {"embed": [n for n in names if n.startswith(("backbone.patch_embed.proj.", "backbone.norm_pre."))],
               "blocks.0.attn": block(0, ["norm1", "attn"]), "blocks.0.mlp": block(0, ["norm2", "mlp"]),
               "blocks.1.attn": block(1, ["norm1", "attn"]), "blocks.1.mlp": block(1, ["norm2", "mlp"]),
               "head": ["head.weight", "head.bias"]}
@@ -78,12 +78,14 @@ def test_transformer_layers_attn_mlp_and_omissions():
     assert [(l.name, l.kind, l.index) for l in layers] == [
         ("embed", "embed", 0), ("blocks.0.attn", "attn", 1), ("blocks.0.mlp", "mlp", 1),
         ("blocks.1.attn", "attn", 2), ("blocks.1.mlp", "mlp", 2), ("head", "head", 3)]
-    # Appendix F: the norm after the embedding (CLIP's ln_pre = timm's norm_pre) is not in the embed point.
-    assert layers[0].params == ("backbone.patch_embed.proj.weight",)  # CLIP-style: no bias
+    # CLIP: the embed point is the patch projection and the norm after it together (conv1 + ln_pre = timm's
+    # patch_embed.proj + norm_pre), as the authors measured it.
+    assert layers[0].params == ("backbone.patch_embed.proj.weight", "backbone.norm_pre.weight",
+                                "backbone.norm_pre.bias")  # CLIP-style: no bias on the projection
     assert {p.split(".")[3] for p in layers[1].params} == {"norm1", "attn"}
     assert {p.split(".")[3] for p in layers[2].params} == {"norm2", "mlp"}
-    assert gn.omitted(module, layers) == ["backbone.norm_pre.weight", "backbone.norm_pre.bias", "backbone.cls_token",
-                                          "backbone.pos_embed", "backbone.norm.weight", "backbone.norm.bias"]
+    assert gn.omitted(module, layers) == ["backbone.cls_token", "backbone.pos_embed", "backbone.norm.weight",
+                                          "backbone.norm.bias"]
 
 
 @pytest.mark.parametrize("name,half", [
@@ -110,6 +112,17 @@ def test_convnet_layers_are_blocks_and_bn_mode_matters():
     train = gn.grad_norms(module, data, device="cpu", progress=False)
     evald = gn.grad_norms(module, data, device="cpu", train_mode=False, progress=False)
     assert not train.G.equals(evald.G)  # batch statistics vs running statistics
+
+
+def test_cli_batch_is_32_unless_given(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(gn, "grad_norms", lambda module, loader, *a, **k: seen.append(loader.batch_size) or
+                        pd.DataFrame({c: [1.0] for c in gn.COLUMNS}).assign(kind="embed"))
+    monkeypatch.setattr("freeze_embed.analysis.plots.plot_grad_norms", lambda *a, **k: None)
+    base = ["--config", "configs/demo.yaml", "--model.pretrained", "false", "--out", str(tmp_path)]
+    gn.main(base)
+    gn.main(base + ["--data.init_args.batch_size", "8"])
+    assert seen == [32, 8]  # the demo config says 64: the analysis default (the authors' 32) wins, a given one more
 
 
 def test_cli_writes_csv_and_png(tmp_path):

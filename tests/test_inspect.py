@@ -47,3 +47,20 @@ def test_bad_input_is_one_line(capsys):
     assert capsys.readouterr().err.strip() == "error: Unknown backbone 'timm:no_such_model': the library has no model named 'no_such_model'."
     assert main(["timm:vit_tiny_patch16_224", "--strategy", "NotAStrategy"]) == 2
     assert "is not a Strategy class" in capsys.readouterr().err
+
+
+def test_groups_are_the_optimizers_own(capsys):
+    """inspect shows what training builds: the optimizer's groups, names and LR multipliers (one group builder)."""
+    kw = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
+    assert main(["timm:vit_tiny_patch16_224", "--strategy", "EmbedLRScale", "--strategy-args", "{scale: 0.25}",
+                 "--json", "--backbone-kwargs", json.dumps(kw)]) == 0
+    shown = [(g["lr_scale"], g["names"]) for g in json.loads(capsys.readouterr().out)["epochs"][0]]
+    from freeze_embed.module import FineTuner
+    from freeze_embed.optim import SGD
+    from freeze_embed.strategies import EmbedLRScale
+    module = FineTuner("timm:vit_tiny_patch16_224", strategy=EmbedLRScale(0.25), optimizer=SGD, backbone_kwargs=kw)
+    opt = module.make_optimizer()
+    built = [(g["lr"] / opt.defaults["lr"], g["names"]) for g in opt.param_groups]
+    assert shown == built and [s for s, _ in shown] == [1.0, 0.25]
+    named = dict(module.named_parameters())
+    assert all(named[n] is p for g in opt.param_groups for n, p in zip(g["names"], g["params"]))

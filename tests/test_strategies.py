@@ -10,7 +10,7 @@ from freeze_embed.anatomy import EmbedNotFound, resolve_anatomy
 from freeze_embed.backbones import create_backbone
 from freeze_embed.data import DemoShift
 from freeze_embed.module import FineTuner
-from freeze_embed.optim import SGD, AdamW, cosine_factor, optimizer_state_bytes
+from freeze_embed.optim import SGD, AdamW, cosine_factor, group_names, optimizer_state_bytes
 from freeze_embed.strategies import LPFT, EmbedLRScale, FreezeEmbed, FullFineTune, GradualUnfreeze, LinearProbe
 
 TINY = dict(img_size=32, patch_size=8, depth=4, embed_dim=32, num_heads=2)
@@ -23,7 +23,9 @@ def vit():
 
 
 def groups(strategy, anatomy, epoch=0, epochs=1):
-    return [(g["lr_scale"], sorted(g["names"])) for g in strategy.param_groups(anatomy, epoch, epochs)]
+    """What the optimizer gets in ``epoch``: the grouping training uses, with the strategy's epoch factor."""
+    plan = strategy.trainable(anatomy, epoch, epochs)
+    return [(s, sorted(names)) for s, names in group_names(plan, strategy.epoch_lr_factor(epoch, epochs))]
 
 
 def test_full_fine_tune_trains_everything_at_scale_1(vit):

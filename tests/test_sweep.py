@@ -72,29 +72,30 @@ def test_summarize_last_epoch_and_ties():
     assert summarize([record(1e-3, 0, 0.5, status="failed")])["chosen_lr"] is None
 
 
-def test_paper_grids():
-    def cfg(strategy, optimizer, **init):
-        return {"model": {"strategy": {"class_path": f"freeze_embed.strategies.{strategy}", "init_args": init},
-                          "optimizer": {"class_path": optimizer, "init_args": {"lr": 0.5}}}}
-    sgd, adamw = list(sweep.SGD_GRID), list(sweep.ADAMW_GRID)
-    assert sgd == [3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2] and adamw == [3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4]
-    assert resolve_lrs(["paper"], cfg("FullFineTune", "freeze_embed.optim.SGD"))[1] == sgd
-    assert resolve_lrs(["paper"], cfg("FreezeEmbed", "freeze_embed.optim.AdamW"))[1] == adamw
-    assert resolve_lrs(["paper"], cfg("FullFineTune", "torch.optim.Adam"))[1] == adamw
-    assert resolve_lrs(["paper"], cfg("FullFineTune", "timm.optim.Lars"))[1] == sgd
-    assert resolve_lrs(["paper"], cfg("FullFineTune", "timm.optim.Lamb"))[1] == sgd
-    assert resolve_lrs(["paper"], cfg("LPFT", "freeze_embed.optim.SGD"))[1] == [3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
-    assert resolve_lrs(["paper"], cfg("LPFT", "freeze_embed.optim.AdamW"))[1] == [3e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5]
-    assert resolve_lrs(["paper"], cfg("LinearProbe", "freeze_embed.optim.SGD"))[1] == [0.5]
-    assert resolve_lrs(["paper"], cfg("LinearProbe", "freeze_embed.optim.SGD", train_head=True))[1] == sgd
-    assert resolve_lrs(["adamw"], cfg("FullFineTune", "freeze_embed.optim.SGD"))[1] == adamw
-    assert resolve_lrs(["1e-2", "1e-3"], cfg("FullFineTune", "freeze_embed.optim.SGD"))[1] == [1e-3, 1e-2]
+def test_paper_grid_is_the_method_files():
+    cfg = {"method": {"name": "X", "lr_grid": [3e-7, 1e-6]}, "model": {}}
+    assert resolve_lrs(["paper"], cfg) == ("X grid", [3e-7, 1e-6])
+    assert resolve_lrs(["1e-2", "1e-3"], cfg)[1] == [1e-3, 1e-2]
+    with pytest.raises(sweep.SweepError, match="needs a method file"):
+        resolve_lrs(["paper"], {"model": {}})
     with pytest.raises(sweep.SweepError):
-        resolve_lrs(["fast"], cfg("FullFineTune", "freeze_embed.optim.SGD"))
+        resolve_lrs(["fast"], cfg)
+
+
+def test_selection_metric_comes_from_the_runs():
+    """Waterbirds' runs select on id_val/weighted_acc: the sweep picks the LR on it, not on id_val/acc."""
+    def wb(lr, acc, weighted):
+        res = results_json(acc, 0.5, 0.5)
+        res["selection_metric"] = "id_val/weighted_acc"
+        res["best"]["best/id_val/weighted_acc"] = weighted
+        return {"lr": lr, "seed": 0, "status": "done", "results": res}
+    s = summarize([wb(1e-3, 0.9, 0.6), wb(3e-3, 0.8, 0.7)])
+    assert s["selection_metric"] == "id_val/weighted_acc" and s["chosen_lr"] == 3e-3
+    assert summarize([record(1e-3, 0, 0.9)])["selection_metric"] == "id_val/acc"
 
 
 # --- resume and launchers, with the training process replaced -----------------------------------------------------
-CONFIG = {"seed_everything": 0,
+CONFIG = {"seed_everything": 0, "method": {"name": "SGD (freeze-embed)", "lr_grid": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]},
           "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 2,
                       "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                                   "init_args": {"save_dir": "runs"}},
@@ -189,7 +190,9 @@ def test_run_config_logs_under_run_dir_and_shares_wandb_group(tmp_path, fake_tra
 def test_dry_run_launches_nothing(tmp_path, fake_training, capsys):
     assert sweep.main(["--config", "x.yaml", "--seeds", "0", "--out", str(tmp_path / "s"), "--dry_run"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if "train.py" in x]
-    assert len(lines) == 6 and all(" fit --config " in x for x in lines)  # the paper's 6-LR SGD grid
+    assert len(lines) == 6 and all(" fit --config " in x for x in lines)  # the method's 6-LR grid
+    assert [x.split("/lr")[1].split("_seed")[0] for x in lines] == ["3e-05", "0.0001", "0.0003", "0.001", "0.003",
+                                                                     "0.01"]
     assert fake_training == [] and not (tmp_path / "s").exists()
 
 

@@ -8,8 +8,11 @@ mean cross-entropy on ``B`` w.r.t. layer ``l``'s parameters, before any update. 
 
 Layers (from :mod:`freeze_embed.anatomy`): ``embed``; for transformers each block's attention half (its pre-norm,
 attention, layer scale) and MLP half (pre-norm, MLP, layer scale) as two points, as Figure 2 plots them; for convnets
-each block; ``head``. As in Appendix F, transformers omit the class/position tokens and the norm after the
-embedding (CLIP's ``ln_pre``), and the final norm / projection the anatomy attaches to the last block.
+each block; ``head``. The embedding point is the whole embedding: for CLIP the patch projection and the norm after it
+together (``conv1`` + ``ln_pre``), as the authors measured it (AnanyaKumar/transfer_learning,
+``unlabeled_extrapolation/models/clip_model.py`` ``get_layers`` puts ``ln_pre`` beside the patch embedding). As in
+Appendix F, transformers omit the class/position tokens, and the final norm / projection the anatomy attaches to the
+last block. Default minibatch: 32, the authors' batch.
 
 The model is in train mode (dropout, batch statistics), so ``g_l(B_1)`` is exactly the first SGD step's gradient;
 ``--eval-mode`` uses the pretrained BatchNorm statistics and no dropout instead. Every layer gets a gradient whatever
@@ -63,9 +66,7 @@ def _is_transformer_block(names: list[str]) -> bool:
 def layers(module) -> list[Layer]:
     """The layers of Figure 2, bottom to top, from ``module.anatomy`` (a :class:`~freeze_embed.module.FineTuner`)."""
     anatomy = module.anatomy
-    transformer = any(_is_transformer_block(b) for b in anatomy.blocks)
-    embed = [n for n in anatomy.embed if not (transformer and n in anatomy.norms)] or list(anatomy.embed)
-    out = [Layer("embed", "embed", 0, tuple(embed))]
+    out = [Layer("embed", "embed", 0, tuple(anatomy.embed))]
     for i, block in enumerate(anatomy.blocks, start=1):
         if _is_transformer_block(block):
             for half in ("attn", "mlp"):
@@ -147,12 +148,14 @@ def main(argv: Optional[list[str]] = None) -> pd.DataFrame:
         epilog="Any other argument goes to the training CLI, e.g. --config configs/demo.yaml --model.pretrained false",
         allow_abbrev=False)
     parser.add_argument("--batches", type=int, default=None, help="m, the minibatches averaged (default: one epoch)")
+    parser.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32, the authors'; a --data.init_args.batch_size given wins)")
     parser.add_argument("--out", default="runs/grad_norms", help="directory for grad_norms.csv and grad_norms.png")
     parser.add_argument("--eval-mode", action="store_true", help="eval mode (no dropout, BatchNorm running stats)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--label", default=None, help="figure title (default: the backbone)")
     args, rest = parser.parse_known_args(argv)
-    module, dm = build(rest)
+    given = any(a.split("=")[0] in ("--data.init_args.batch_size", "--data.batch_size") for a in rest)
+    module, dm = build(rest if given else [*rest, "--data.init_args.batch_size", str(args.batch_size)])
     df = grad_norms(module, dm.train_dataloader(), args.batches, args.device, train_mode=not args.eval_mode)
     os.makedirs(args.out, exist_ok=True)
     csv, png = os.path.join(args.out, "grad_norms.csv"), os.path.join(args.out, "grad_norms.png")

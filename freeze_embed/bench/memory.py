@@ -1,6 +1,9 @@
 """Peak training memory per method (Section 5 "GPU memory profiling", Table 4).
 
-    python -m freeze_embed.bench.memory --backbone open_clip:ViT-B-16 --methods sgd,sgd_fe,sgd_fe_nomom,adamw
+    python -m freeze_embed.bench.memory --backbone open_clip:ViT-B-16 \
+        --methods sgd,sgd_freeze_embed,sgd_freeze_embed_no_momentum,adamw
+
+Methods are keys of the registry ``configs/method/<key>.yaml``.
 
 Each method runs in a fresh process (this module, ``--child``) for a few steps of forward, backward and optimizer
 step at micro-batch 1 (as the paper; optimizer state exists only after the first step). Peak = CUDA peak allocated
@@ -18,7 +21,8 @@ import subprocess
 import sys
 from typing import Optional
 
-from . import METHODS, PAPER_METHODS
+from .. import methods as registry
+from . import PAPER_METHODS
 
 KEYS = ("peak_bytes", "param_bytes", "grad_bytes", "state_bytes")
 
@@ -46,14 +50,14 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
     import torch.nn.functional as F
     from ..backbones import parse_spec
     from ..optim import optimizer_state_bytes
-    from ..module import FineTuner  # noqa: F401  (lightning and the backbone library load before the baseline)
-    from . import build
+    from ..cli import FreezeEmbedCLI  # noqa: F401  (lightning and the backbone library load before the baseline)
     __import__(parse_spec(backbone).library)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"
     baseline = torch.cuda.memory_allocated(dev) if cuda else _peak_rss()
     torch.manual_seed(0)
-    module, optimizer = build(method, backbone, backbone_kwargs, num_classes, grad_checkpointing)
+    module, optimizer, name = registry.build_module(method, backbone, backbone_kwargs, grad_checkpointing,
+                                                    num_classes=num_classes)
     module.to(dev)
     amp = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
@@ -75,7 +79,7 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
         torch.cuda.synchronize(dev)
     return {"peak_bytes": int(torch.cuda.max_memory_allocated(dev)) if cuda else _peak_rss(),
             "param_bytes": _tensor_bytes(module.parameters()), "grad_bytes": grad_bytes,
-            "state_bytes": optimizer_state_bytes(optimizer), "baseline_bytes": int(baseline)}
+            "state_bytes": optimizer_state_bytes(optimizer), "baseline_bytes": int(baseline), "name": name}
 
 
 def run_child(method: str, args: argparse.Namespace) -> dict:
@@ -101,7 +105,7 @@ def ratios(results: dict, key: str = "peak_bytes") -> list[str]:
     for m, r in results.items():
         if m != "adamw" and r[key] > 0:
             pct = 100 * (ref / r[key] - 1)
-            out.append(f"AdamW uses {abs(pct):.0f}% {'more' if pct >= 0 else 'less'} than {METHODS[m][0]}")
+            out.append(f"AdamW uses {abs(pct):.0f}% {'more' if pct >= 0 else 'less'} than {r.get('name', m)}")
     return out
 
 
@@ -111,14 +115,15 @@ def table(results: dict) -> str:
     lines = [f"{'method (MiB)':<34}" + "".join(f"{c:>10}" for c in cols)]
     for m, r in results.items():
         values = [r[k] for k in KEYS] + [r["param_bytes"] + r["grad_bytes"] + r["state_bytes"]]
-        lines.append(f"{METHODS[m][0]:<34}" + "".join(f"{v / 2 ** 20:>10.1f}" for v in values))
+        lines.append(f"{r.get('name', m):<34}" + "".join(f"{v / 2 ** 20:>10.1f}" for v in values))
     return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description="Peak training memory per method (Table 4).")
     parser.add_argument("--backbone", default="open_clip:ViT-B-16", help="spec string; random weights")
-    parser.add_argument("--methods", default=",".join(PAPER_METHODS), help=f"comma-separated from {list(METHODS)}")
+    parser.add_argument("--methods", default=",".join(PAPER_METHODS),
+                        help=f"comma-separated keys of configs/method/: {', '.join(registry.keys())}")
     parser.add_argument("--batch", type=int, default=1, help="micro-batch size (the paper profiles 1)")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     parser.add_argument("--grad-checkpointing", action="store_true")
@@ -136,13 +141,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                  args.precision, args.grad_checkpointing, args.steps, args.device)))
         return {}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in registry.keys()]
     if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        parser.error(f"unknown methods {unknown}; choose from {registry.keys()}")
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max(args.jobs, 1)) as pool:  # peaks are per process, so children may overlap
         full = dict(zip(methods, pool.map(lambda m: run_child(m, args), methods)))
-    results = {m: {k: r[k] for k in KEYS} for m, r in full.items()}
+    results = {m: {k: r[k] for k in (*KEYS, "baseline_bytes", "name")} for m, r in full.items()}
     if args.json:
         print(json.dumps({"methods": results}))
         return results

@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import Optional
 
-from . import METHODS, build
+from .. import methods as registry
 
 DEMO_KWARGS = {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 96, "num_heads": 3}
 
@@ -41,12 +41,12 @@ def hand_loop(method: str, loader, device, backbone: str, backbone_kwargs: dict,
     import torch
     import torch.nn.functional as F
     from torch.optim.lr_scheduler import LambdaLR
-    from ..optim import lr_lambda
+    from ..optim import cosine_factor
     torch.manual_seed(0)
-    module, optimizer = build(method, backbone, backbone_kwargs, num_classes)
+    module, optimizer, _ = registry.build_module(method, backbone, backbone_kwargs, num_classes=num_classes)
     module.to(device)
     total = len(loader)
-    scheduler = LambdaLR(optimizer, lr_lambda(total, total, 1, module.strategy.epoch_lr_factor))
+    scheduler = LambdaLR(optimizer, lambda step: cosine_factor(step, total))  # one epoch: the per-step cosine
     amp = {"32": None, "bf16-mixed": torch.bfloat16}[precision]
     times = []
     for x, y in loader:
@@ -69,8 +69,6 @@ def lightning_loop(method: str, loader, device, backbone: str, backbone_kwargs: 
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import Callback
-    from ..module import FineTuner
-    from . import method_parts
 
     class Clock(Callback):
         times: list = []
@@ -80,9 +78,7 @@ def lightning_loop(method: str, loader, device, backbone: str, backbone_kwargs: 
             self.times.append(time.perf_counter())
 
     torch.manual_seed(0)
-    strategy, factory = method_parts(method)
-    module = FineTuner(backbone=backbone, pretrained=False, num_classes=num_classes, strategy=strategy,
-                       optimizer=factory, backbone_kwargs=backbone_kwargs)
+    module, _, _ = registry.build_module(method, backbone, backbone_kwargs, num_classes=num_classes)
     clock = Clock()
     clock.times = []
     trainer = L.Trainer(max_epochs=1, accelerator=device.type, devices=1, precision=precision, logger=False,
@@ -126,7 +122,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=1, help="alternate hand / Lightning runs this many times")
-    parser.add_argument("--methods", default="sgd,sgd_fe,adamw", help=f"comma-separated from {list(METHODS)}")
+    parser.add_argument("--methods", default="sgd,sgd_freeze_embed,adamw",
+                        help=f"comma-separated keys of configs/method/: {', '.join(registry.keys())}")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 is steadiest on a shared machine)")
@@ -148,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                              args.device, repeats=args.repeats)
         if not args.json:
             r = results[m]
-            print(f"{METHODS[m][0]:<34} Lightning {r['lightning_img_s']:8.2f} img/s   bare PyTorch "
+            print(f"{m:<34} Lightning {r['lightning_img_s']:8.2f} img/s   bare PyTorch "
                   f"{r['hand_img_s']:8.2f} img/s   FineTuner overhead {100 * r['overhead']:+.1f}%", flush=True)
     if args.json:
         print(json.dumps({"methods": results}))

@@ -1,6 +1,7 @@
-"""LightningDataModules: the built-in demo and the paper's five distribution-shift benchmarks."""
+"""LightningDataModules: the built-in demo, the paper's five distribution-shift benchmarks and CIFAR-10 -> STL-10."""
 from .base import ShiftDataModule
 from .camelyon import Camelyon17
+from .cifar10 import CIFAR10
 from .demo import DemoShift
 from .domainnet import DomainNet
 from .files import DataFormatError, DataRootError, ImageReadError
@@ -8,5 +9,5 @@ from .fmow import FMoW
 from .living17 import Living17
 from .waterbirds import Waterbirds
 
-__all__ = ["ShiftDataModule", "DemoShift", "Waterbirds", "FMoW", "Camelyon17", "DomainNet", "Living17",
+__all__ = ["ShiftDataModule", "DemoShift", "Waterbirds", "FMoW", "Camelyon17", "DomainNet", "Living17", "CIFAR10",
            "DataRootError", "DataFormatError", "ImageReadError"]

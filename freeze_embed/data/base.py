@@ -2,7 +2,8 @@
 
 ``id_val`` drives model selection and early stopping (the paper's protocol); every set is evaluated each epoch and
 logged under its own name. Subclasses say how to build one split (``make_split``), which transforms the paper uses,
-and which metric is the paper's ID and OOD number (``id_metric`` / ``ood_metric``).
+which metric is the paper's ID and OOD number (``id_metric`` / ``ood_metric``) and which metric selects the LR and
+the epoch (``selection_metric``: checkpointing, the sweep and the results tables all read it from here).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class ShiftDataModule(L.LightningDataModule):
     eval_splits: Sequence[str] = ("id_val", "ood_test")
     id_metric: str = "id_val/acc"    # the paper's ID number
     ood_metric: str = "ood_test/acc"  # the paper's OOD number
+    selection_metric: str = "id_val/acc"  # picks the epoch (checkpoint) and the LR (sweep); Section 4
     paper_epochs: Optional[int] = None
 
     def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 2,
@@ -54,6 +56,16 @@ class ShiftDataModule(L.LightningDataModule):
 
     def metric(self, split: str) -> GroupAccuracy:
         return GroupAccuracy(self.group_names(split))
+
+    def check_root(self) -> None:
+        """Fail now, with the dataset's one-sentence error, if the data is not where the config says.
+
+        The CLI calls this after the datamodule is built and before the model is (a wrong root must not cost a
+        weights download first). Building the training split runs each dataset's layout checks; it is cached, so
+        ``setup`` does not read the metadata twice. Skipped with ``download: true`` (``prepare_data`` fetches it).
+        """
+        if not self.download:
+            self.split(self.train_split, train=True)
 
     # --- shared machinery -------------------------------------------------------------------------------------
     @property

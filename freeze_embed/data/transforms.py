@@ -53,8 +53,17 @@ def waterbirds(mean, std):
     return _pair(list(both), list(both), mean, std)
 
 
+def cifar10(mean, std):
+    """CIFAR-10 -> STL-10 (Table 6): Resize(224) with no augmentation; test: resize to 224x224 (bilinear).
+
+    As the authors' configs/adaptation/datasets_cifar_stl.yaml: train ``Resize(size=224)``, test
+    ``Resize(size=[224, 224])``; both sets are square (32x32, 96x96), so both give 224x224.
+    """
+    return _pair([T.Resize(SIZE)], [T.Resize((SIZE, SIZE))], mean, std)
+
+
 PAPER_TRANSFORMS = {"fmow": fmow, "camelyon17": camelyon17, "living17": living17, "domainnet": domainnet,
-                    "waterbirds": waterbirds}
+                    "waterbirds": waterbirds, "cifar10": cifar10}
 
 
 def paper_transform(dataset: str, train: bool, mean, std) -> Callable:

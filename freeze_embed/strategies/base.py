@@ -9,9 +9,12 @@ into optimizer param groups, ``requires_grad`` flags and the LR schedule. Overri
   two hooks above, and per-epoch strategies (gradual unfreezing) override it;
 * ``epoch_lr_factor(epoch, max_epochs)``: a per-epoch LR multiplier that replaces the cosine schedule; ``None``
   (default) keeps the paper's cosine decay to 0 over all steps (Appendix A);
-* ``on_fit_start(module)``: work before the first step (linear probing fits the head here).
+* ``on_fit_start(module)``: work before the first step (linear probing fits the head here);
+* ``state_dict()`` / ``load_state_dict(state)``: what such work leaves behind that a resumed run must not redo
+  (the FineTuner saves it in every checkpoint and restores it before ``on_fit_start``; default: nothing).
 
 Frozen parameters get ``requires_grad=False`` and are handed to no optimizer group, so they hold no optimizer state.
+The optimizer's groups (one per LR scale) are built from ``trainable`` by :func:`freeze_embed.optim.param_groups`.
 """
 from __future__ import annotations
 
@@ -42,21 +45,16 @@ class Strategy:
     def on_fit_start(self, module: "FineTuner") -> None:
         pass
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     @property
     def trains_steps(self) -> bool:
         """False for strategies whose fitting happens in ``on_fit_start`` only (logistic-regression probing)."""
         return True
-
-    def param_groups(self, anatomy: Anatomy, epoch: int, max_epochs: int) -> list[dict]:
-        """The optimizer's view of epoch ``epoch``: ``[{"lr_scale": s, "names": [...]}, ...]``, largest scale first.
-
-        ``lr_scale`` includes the strategy's own per-epoch factor, if it has one; frozen names are in no group.
-        """
-        factor = self.epoch_lr_factor(epoch, max_epochs)
-        groups: dict[float, list[str]] = {}
-        for name, scale in self.trainable(anatomy, epoch, max_epochs).items():
-            groups.setdefault(scale * (1.0 if factor is None else factor), []).append(name)
-        return [{"lr_scale": s, "names": names} for s, names in sorted(groups.items(), key=lambda kv: -kv[0])]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -13,6 +13,11 @@ class GradualUnfreeze(Strategy):
     The LR is not cosine-decayed: epoch t multiplies the base LR by ``exp(decay_exp * (1 - t / (T-1)))``, about
     41.7x in epoch 0 and 1x in the last, because tuning fewer layers wants a larger LR (3.73 was chosen on
     Waterbirds). The embedding stays frozen throughout, as in the paper's code for SGD.
+
+    As in the authors' ``freeze_bottom_trans`` (``unlabeled_extrapolation/models/clip_model.py``): CLIP's ``proj``
+    (``anatomy.proj``) trains with the head from epoch 0 (it is in none of their freezable layers); the final norm
+    (``ln_post``, part of the top block) from the first epoch that unfreezes a block; class and position tokens (part
+    of the bottom block) once every block is unfrozen.
     """
 
     def __init__(self, decay_exp: float = 3.73, freeze_embed: bool = True):
@@ -28,7 +33,8 @@ class GradualUnfreeze(Strategy):
 
     def trainable(self, anatomy: Anatomy, epoch: int, max_epochs: int) -> dict[str, float]:
         k = self.num_unfrozen_blocks(len(anatomy.blocks), epoch, max_epochs)
-        names = [n for block in anatomy.blocks[len(anatomy.blocks) - k:] for n in block] + anatomy.head
+        names = [n for block in anatomy.blocks[len(anatomy.blocks) - k:] for n in block]
+        names += [n for n in anatomy.proj if n not in names] + anatomy.head
         if not self.freeze_embed and k == len(anatomy.blocks):
             names = anatomy.embed + names
         return {n: 1.0 for n in names}

@@ -30,3 +30,10 @@ class LPFT(Strategy):
     def on_fit_start(self, module) -> None:
         self.probe.on_fit_start(module)
         self.finetune.on_fit_start(module)
+
+    def state_dict(self) -> dict:
+        return {"probe": self.probe.state_dict(), "finetune": self.finetune.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.probe.load_state_dict(state.get("probe") or {})
+        self.finetune.load_state_dict(state.get("finetune") or {})

@@ -241,3 +241,54 @@ def fit_args(config: str, root: Path, tmp_path: Path) -> list[str]:
             "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", str(tmp_path), "--run_dir", str(tmp_path / "run")]
+
+
+# --- CIFAR-10 -> STL-10 (torchvision's cifar-10-batches-py/ and stl10_binary/) ----------------------------------
+CIFAR_BATCH = 4  # images per data_batch_<i> (10,000 in the release): 20 training images
+CIFAR_TEST = 6
+CIFAR_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+STL_LABELS = [1, 2, 3, 8, 7, 3, 8, 10]  # test_y.bin as stored (1-based); 8 = monkey
+
+
+def cifar_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N x 32 x 32 x 3 images, labels) written to the ``train`` batches or ``test_batch``."""
+    n = 5 * CIFAR_BATCH if split == "train" else CIFAR_TEST
+    images = np.random.default_rng(1 if split == "train" else 2).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    return images, (np.arange(n) * 3 + (split == "test")) % 10
+
+
+def stl_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 N x 96 x 96 x 3 images, 1-based STL-10 labels) written to test_X.bin / test_y.bin."""
+    images = np.random.default_rng(3).integers(0, 256, (len(STL_LABELS), 96, 96, 3), dtype=np.uint8)
+    return images, np.asarray(STL_LABELS, dtype=np.uint8)
+
+
+def _cifar_batch(path: Path, images: np.ndarray, labels, name: bytes) -> None:
+    """A python pickle like the release's: bytes keys (Python 2 str), rows of R, G and B planes of 1024 bytes."""
+    import pickle
+    entry = {b"batch_label": name, b"labels": [int(y) for y in labels],
+             b"data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),
+             b"filenames": [b"img_%05d.png" % i for i in range(len(images))]}
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """``cifar-10-batches-py/`` (data_batch_1..5, test_batch, batches.meta) and ``stl10_binary/`` test files."""
+    import pickle
+    root = tmp_path_factory.mktemp("cifar_stl")
+    d = root / "cifar-10-batches-py"
+    d.mkdir()
+    images, labels = cifar_arrays("train")
+    for b in range(5):
+        rows = slice(b * CIFAR_BATCH, (b + 1) * CIFAR_BATCH)
+        _cifar_batch(d / f"data_batch_{b + 1}", images[rows], labels[rows], b"training batch %d of 5" % (b + 1))
+    _cifar_batch(d / "test_batch", *cifar_arrays("test"), b"testing batch 1 of 1")
+    meta = {b"num_cases_per_batch": CIFAR_BATCH, b"label_names": CIFAR_NAMES, b"num_vis": 3072}
+    (d / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    s = root / "stl10_binary"
+    s.mkdir()
+    images, labels = stl_arrays()
+    (s / "test_X.bin").write_bytes(images.transpose(0, 3, 2, 1).tobytes())  # per image (3, W, H): column-major
+    (s / "test_y.bin").write_bytes(labels.tobytes())
+    return root

@@ -1,0 +1,107 @@
+"""The registry of methods: ``configs/method/*.yaml``, each defining one of the paper's rows once.
+
+A method file holds the strategy, the optimizer with every argument, ``method.name`` (its row in the paper's tables)
+and ``method.lr_grid`` (the LRs the authors swept). Everything that needs a method (the sweep, the benchmarks, the
+results tables) reads it here, through the same parser as ``train.py``:
+
+* :func:`compose` gives the complete ``train.py fit`` config as a dict (``--print_config``; nothing is built);
+* :func:`build` instantiates it (``LightningCLI(run=False)``: model, data and trainer, argument links included).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from .errors import FreezeEmbedError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+METHOD_DIR = CONFIGS / "method"
+DEMO_CONFIG = CONFIGS / "demo.yaml"
+
+
+class ConfigError(FreezeEmbedError):
+    """A config that ``train.py`` cannot parse, or a method that does not exist; the message says which."""
+
+
+def compose(configs: Sequence[str], overrides: Sequence[str] = ()) -> dict:
+    """The complete ``train.py fit`` config from the real CLI parser; nothing is built."""
+    from .cli import FreezeEmbedCLI
+    args = ["fit", *[a for c in configs for a in ("--config", str(c))], *overrides]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            FreezeEmbedCLI(args=args + ["--print_config"])
+        except SystemExit as exit_:
+            code = exit_.code or 0
+    if code or not out.getvalue().strip():
+        lines = err.getvalue().strip().splitlines()
+        why = "\n".join(lines[next((i for i, x in enumerate(lines) if x.startswith("error:")), 0):])
+        raise ConfigError(f"train.py fit cannot parse {shlex.join(args[1:])}:\n{why}")
+    return yaml.safe_load(out.getvalue())
+
+
+def build(configs: Sequence[str], overrides: Sequence[str] = ()):
+    """``FreezeEmbedCLI`` with model, datamodule and trainer instantiated as ``train.py`` would, not run.
+
+    Lightning's start-up notes go to stderr, so a command's stdout stays its result (``--json``)."""
+    from .cli import FreezeEmbedCLI
+    args = [a for c in configs for a in ("--config", str(c))] + list(overrides)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI warns when it sees both args and sys.argv
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return FreezeEmbedCLI(args=args, run=False)
+    finally:
+        sys.argv = argv
+
+
+def path(key: str) -> Path:
+    """``configs/method/<key>.yaml``, or one sentence naming the methods there are."""
+    file = METHOD_DIR / f"{key}.yaml"
+    if not file.is_file():
+        raise ConfigError(f"Unknown method '{key}': choose from {', '.join(keys())} (files in {METHOD_DIR}).")
+    return file
+
+
+def keys() -> list[str]:
+    return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str               # the file stem, e.g. sgd_freeze_embed
+    name: str              # the paper's name, e.g. "SGD (freeze-embed)"
+    lr_grid: list[float]   # the authors' sweep
+    config: dict           # the composed train.py config (on the demo data unless other configs were given)
+
+
+def load(key: str, configs: Sequence[str] = (DEMO_CONFIG,), overrides: Sequence[str] = ()) -> Method:
+    """Method ``key`` composed after ``configs`` (the demo by default: any complete data config will do)."""
+    config = compose([*configs, path(key)], overrides)
+    meta = config.get("method") or {}
+    if not meta.get("name") or not meta.get("lr_grid"):
+        raise ConfigError(f"{path(key)} must set method.name and method.lr_grid.")
+    return Method(key, meta["name"], [float(x) for x in meta["lr_grid"]], config)
+
+
+def build_module(key: str, backbone: str, backbone_kwargs: Optional[dict] = None, grad_checkpointing: bool = False,
+                 pretrained=False, num_classes: int = 10):
+    """(FineTuner of method ``key`` in train mode with epoch 0's ``requires_grad`` flags, its optimizer, the method's
+    name), as ``fit`` sets them up: for the benchmarks, which measure exactly what training does. The demo config
+    supplies the data; ``num_classes`` sizes the head as a dataset with that many classes would."""
+    import json
+    overrides = ["--model.backbone", backbone, "--model.pretrained", json.dumps(pretrained),
+                 "--model.backbone_kwargs", json.dumps(backbone_kwargs or {}),
+                 "--model.grad_checkpointing", json.dumps(grad_checkpointing),
+                 "--data.init_args.num_classes", str(num_classes),  # the demo data, shrunk to nothing: the
+                 "--data.init_args.train_size", "1", "--data.init_args.eval_size", "1"]  # benchmarks bring their own
+    cli = build([DEMO_CONFIG, path(key)], overrides)
+    module = cli.model
+    module.apply_plan(0)
+    return module.train(), module.make_optimizer(), cli.config.method.name

@@ -1,0 +1,138 @@
+"""Export a checkpoint's predictions for the WILDS leaderboard (WILDS-FMoW and WILDS-Camelyon17).
+
+    python -m freeze_embed.predict --config configs/data/fmow.yaml --config configs/backbone/clip_vit_b16.yaml \
+        --data.init_args.root /data --ckpt_path run/checkpoints/best-epoch03.ckpt --out preds [--seed 0] [--epoch N]
+
+Builds model and data with train.py's own parser (the same ``--config`` files and overrides), loads the checkpoint's
+weights and writes one file per WILDS evaluation split, ``<out>/<dataset>_split:<split>_seed:<seed>_epoch:<epoch>``
+``_pred.csv``: one predicted label (the logits' argmax) per line, no header, in the order of WILDS'
+``get_subset(split)``. FMoW: ``val``, ``test``, ``id_val``, ``id_test`` (our ood_val, ood_test, id_val, id_test);
+Camelyon17: ``val``, ``test``, ``id_val``. ``--epoch`` defaults to the checkpoint's. WILDS' script averages over
+seeds 0-2 (FMoW) or 0-9 (Camelyon17): export each seed's run into the same folder, then (in a p-lambda/wilds clone)
+
+    mkdir -p results && python examples/evaluate.py preds results --dataset fmow --root-dir /data
+
+The format is what WILDS' examples/evaluate.py reads (``get_prediction_file``: the file starting with
+``{dataset}_split:{split}_seed:{seed}``; ``get_predictions``: one ``literal_eval``-ed label per non-empty line) and
+what the authors wrote (``save_wilds_model_preds`` in unlabeled_extrapolation/baseline_train.py of
+AnanyaKumar/transfer_learning, their ``ood_val``/``ood_test`` renamed ``val``/``test``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import warnings
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .cli import FreezeEmbedCLI, exit_on_user_error
+from .data import camelyon, fmow
+from .errors import FreezeEmbedError
+
+# Our datamodule -> (WILDS' dataset name, our split name -> WILDS' split name); "train" is never scored.
+WILDS = {fmow.FMoW: ("fmow", fmow.SPLITS), camelyon.Camelyon17: ("camelyon17", camelyon.SPLITS)}
+
+
+class PredictError(FreezeEmbedError):
+    """Nothing to export: the data is not a WILDS benchmark, or the checkpoint is missing or does not fit."""
+
+
+def wilds_of(cls: type) -> tuple[str, dict]:
+    for known, entry in WILDS.items():
+        if issubclass(cls, known):
+            return entry
+    raise PredictError(f"{cls.__name__} is not a WILDS leaderboard dataset: predict exports only "
+                       f"{' and '.join(c.__name__ for c in WILDS)} (give --config configs/data/fmow.yaml or "
+                       f"configs/data/camelyon17.yaml).")
+
+
+class _PredictCLI(FreezeEmbedCLI):
+    def before_instantiate_classes(self) -> None:
+        """Refuse other data before the model is built (a backbone's weights may be a download)."""
+        super().before_instantiate_classes()
+        module, _, name = str(self.config["data"]["class_path"]).rpartition(".")
+        wilds_of(getattr(importlib.import_module(module), name))
+
+
+def load_weights(model: torch.nn.Module, path: str) -> int:
+    """Load the checkpoint's weights into ``model`` (strict); returns the checkpoint's epoch."""
+    try:  # weights_only, as Lightning loads local checkpoints
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise PredictError(f"Cannot read checkpoint '{path}' ({type(err).__name__}): give a .ckpt file train.py "
+                           "wrote.") from err
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as err:
+        detail = " ".join(str(err).split())[:300]  # one line: the missing/unexpected keys or shapes
+        raise PredictError(f"Checkpoint '{path}' does not fit the model these configs build ({detail}); give the "
+                           "--config files and overrides it was trained with.") from err
+    return int(checkpoint.get("epoch", 0))
+
+
+def predict(model: torch.nn.Module, dataset, batch_size: int, num_workers: int, device, context, desc: str) -> list:
+    """Argmax labels in the dataset's own order (no shuffling, no sampler)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    preds = []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=desc, unit="batch"):
+            with context():
+                preds.append(model(batch[0].to(device)).argmax(-1).cpu())
+    return torch.cat(preds).tolist() if preds else []
+
+
+def export(cli_args: Sequence[str], ckpt_path: str, out: str, seed: int, epoch: Optional[int]) -> list[str]:
+    if not os.path.isfile(ckpt_path):
+        raise PredictError(f"Checkpoint '{ckpt_path}' does not exist: give a .ckpt file train.py wrote "
+                           "(e.g. <run_dir>/checkpoints/best-epoch02.ckpt).")
+    # Nothing is trained or logged here: no logger (no empty log folder per export), and no pretrained weights to
+    # load or download, since the checkpoint's replace them all.
+    with warnings.catch_warnings():  # Lightning warns whenever args= is given while sys.argv has arguments too
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = _PredictCLI(args=[*cli_args, "--trainer.logger", "false", "--model.pretrained", "false"], run=False)
+    model, dm, trainer = cli.model, cli.datamodule, cli.trainer
+    dataset_name, splits = wilds_of(type(dm))
+    ckpt_epoch = load_weights(model, ckpt_path)
+    epoch = ckpt_epoch if epoch is None else epoch
+    device = trainer.strategy.root_device
+    model.to(device).eval()
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for ours, theirs in splits.items():
+        if theirs == "train":
+            continue
+        data = dm.split(ours)
+        # WILDS scores line i against example i of get_subset(split): the file must follow that order exactly
+        if not np.array_equal(data.indices, data.dataset.get_subset(theirs).indices):
+            raise RuntimeError(f"{type(dm).__name__}.split('{ours}') is not in WILDS' '{theirs}' order.")
+        labels = predict(model, data, dm.batch_size, dm.num_workers, device, trainer.precision_plugin.forward_context,
+                         desc=f"{dataset_name} {theirs}")
+        path = os.path.join(out, f"{dataset_name}_split:{theirs}_seed:{seed}_epoch:{epoch}_pred.csv")
+        with open(path, "w") as f:
+            f.write("".join(f"{y}\n" for y in labels))
+        written.append(path)
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m freeze_embed.predict", description=__doc__.split("\n")[0],
+                                     epilog="Every other argument (--config, overrides) goes to train.py's parser.",
+                                     allow_abbrev=False)
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--out", required=True, help="folder for the prediction files")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed, written into the file names")
+    parser.add_argument("--epoch", type=int, default=None, help="written into the file names (default: checkpoint's)")
+    args, rest = parser.parse_known_args(argv)
+    written = exit_on_user_error(export, rest, args.ckpt_path, args.out, args.seed, args.epoch)
+    print(f"Wrote {len(written)} prediction files to {os.path.abspath(args.out)}:")
+    for path in written:
+        print(f"  {os.path.basename(path)}")
+
+
+if __name__ == "__main__":
+    main()
