@@ -45,16 +45,6 @@ class Anatomy:
     def names(self) -> list[str]:
         return self.embed + [n for b in self.blocks for n in b] + self.head
 
-    def part_of(self, name: str) -> str:
-        if name in self.embed:
-            return "embed"
-        if name in self.head:
-            return "head"
-        for i, block in enumerate(self.blocks):
-            if name in block:
-                return f"blocks.{i}"
-        raise KeyError(name)
-
 
 def _matches(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
@@ -136,7 +126,7 @@ def resolve_anatomy(backbone: Backbone, head: nn.Module, *, embed: Optional[Sequ
             raise EmbedNotFound(
                 f"Cannot find the embedding layer of backbone '{backbone.name}' ({type(model).__name__}): list its "
                 "parameter prefixes in the config, e.g. `model.embed: [conv1, bn1]` "
-                "(see `python -m freeze_embed.inspect <backbone>` for the names).")
+                "(see `python -m freeze_embed.parts <backbone>` for the names).")
         if meta is not None:
             embed_names, tokens, blocks = meta
         else:

@@ -3,7 +3,9 @@
 Adds what every paper run needs: the best checkpoint chosen on the dataset's selection metric (the paper's early
 stopping on ID validation), the last checkpoint for resuming, the backbone's mean/std handed to the data, the head
 sized from the data, the data root checked before the model is built (a wrong root must not cost a download), and
-after ``fit`` a test of both the best and the last checkpoint written to ``<log_dir>/results.json``.
+after ``fit`` a test of both the best and the last checkpoint written to ``<log_dir>/results.json``. The module
+logs test metrics as ``test/<set>/<metric>`` (also for ``train.py test``); here they become ``best/...`` and
+``last/...``, the names results.json, the sweep and the tables use.
 
 A method file (``configs/method/*.yaml``) also carries ``method.name`` (its name in the paper's tables) and
 ``method.lr_grid`` (the LRs the authors swept): the one registry of methods, read by the sweep, the benchmarks and
@@ -22,8 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from .data.base import ShiftDataModule
 from .errors import FreezeEmbedError
-from .module import FineTuner
-
+from .module import TEST_PREFIX, FineTuner
 
 
 def _checked_num_classes(data: ShiftDataModule) -> int:
@@ -56,7 +57,7 @@ class FreezeEmbedCLI(LightningCLI):
         parser.add_argument("--method.lr_grid", type=Optional[list[float]], default=None,
                             help="The LRs the authors swept for this method; `sweep --lrs paper` runs them.")
         parser.add_argument("--test_after_fit", type=bool, default=True,
-                            help="After fit, test the best (by id_val accuracy) and the last checkpoint.")
+                            help="After fit, test the best (by the selection metric) and the last checkpoint.")
         parser.add_argument("--run_dir", type=Optional[str], default=None,
                             help="Put checkpoints/ and results.json here (sweeps use it); default: the logger's dir.")
 
@@ -78,10 +79,13 @@ class FreezeEmbedCLI(LightningCLI):
         for tag, path in (("best", best.best_model_path), ("last", last.best_model_path)):
             if not path:
                 continue
-            self.model.test_tag = tag
             out = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=path, verbose=False)
-            results[tag] = {k: float(v) for d in out for k, v in d.items()}
+            results[tag] = {tagged(k, tag): float(v) for d in out for k, v in d.items()}
             results[f"{tag}_checkpoint"] = path
+            # the loggers saw both tests as test/...: give them the checkpoint's name too (metrics.csv, W&B)
+            for logger in self.trainer.loggers:
+                logger.log_metrics(results[tag], step=self.trainer.global_step)
+                logger.save()
         results["best_epoch"] = _epoch_of(best.best_model_path)
         self._report(results)
 
@@ -101,6 +105,15 @@ class FreezeEmbedCLI(LightningCLI):
                 rows.append(f"  {tag:<5} ID ({dm.id_metric}) {_pct(id_v)}   OOD ({dm.ood_metric}) {_pct(ood_v)}")
         print(f"\nResults (best = epoch {results['best_epoch']} by {results['selection_metric']}), "
               f"written to {os.path.join(log_dir, 'results.json')}:\n" + "\n".join(rows), file=sys.stderr)
+
+
+def tagged(key: str, tag: str) -> str:
+    """A test metric's key under the checkpoint's tag: ``test/id_val/acc`` -> ``best/id_val/acc``.
+
+    Only the leading ``test/`` is replaced: Waterbirds' evaluation set is itself called ``test`` (``test/test/acc``
+    -> ``best/test/acc``). A key some callback logged without the prefix is kept as it is.
+    """
+    return f"{tag}/{key[len(TEST_PREFIX):]}" if key.startswith(TEST_PREFIX) else key
 
 
 def _pct(value: Optional[float]) -> str:

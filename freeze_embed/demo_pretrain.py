@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backbones import create_backbone
+from .config import demo_backbone
 from .data.demo import make_shift_images
-
-DEMO_VIT = dict(img_size=32, patch_size=4, depth=4, embed_dim=96, num_heads=3)
 
 
 def pretrain(out: str, n: int = 8000, epochs: int = 6, lr: float = 1e-3, seed: int = 1234) -> float:
+    spec, kwargs = demo_backbone()  # configs/demo.yaml defines the demo ViT; this makes its weights
     torch.manual_seed(seed)
-    backbone = create_backbone("timm:vit_tiny_patch16_224", False, **DEMO_VIT)
+    backbone = create_backbone(spec, False, **kwargs)
     head = torch.nn.Linear(backbone.num_features, 8)
     mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
     std = torch.tensor(backbone.std).view(1, 3, 1, 1)

@@ -2,63 +2,18 @@
 
 A method file holds the strategy, the optimizer with every argument, ``method.name`` (its row in the paper's tables)
 and ``method.lr_grid`` (the LRs the authors swept). Everything that needs a method (the sweep, the benchmarks, the
-results tables) reads it here, through the same parser as ``train.py``:
-
-* :func:`compose` gives the complete ``train.py fit`` config as a dict (``--print_config``; nothing is built);
-* :func:`build` instantiates it (``LightningCLI(run=False)``: model, data and trainer, argument links included).
+results tables) reads it here, through the same parser as ``train.py`` (:mod:`freeze_embed.config`).
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
+from .config import CONFIGS, DEMO_CONFIG, ConfigError, build, compose
 
-from .errors import FreezeEmbedError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+__all__ = ["ConfigError", "compose", "build", "path", "keys", "load", "build_module", "Method"]
 METHOD_DIR = CONFIGS / "method"
-DEMO_CONFIG = CONFIGS / "demo.yaml"
-
-
-class ConfigError(FreezeEmbedError):
-    """A config that ``train.py`` cannot parse, or a method that does not exist; the message says which."""
-
-
-def compose(configs: Sequence[str], overrides: Sequence[str] = ()) -> dict:
-    """The complete ``train.py fit`` config from the real CLI parser; nothing is built."""
-    from .cli import FreezeEmbedCLI
-    args = ["fit", *[a for c in configs for a in ("--config", str(c))], *overrides]
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            FreezeEmbedCLI(args=args + ["--print_config"])
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    if code or not out.getvalue().strip():
-        lines = err.getvalue().strip().splitlines()
-        why = "\n".join(lines[next((i for i, x in enumerate(lines) if x.startswith("error:")), 0):])
-        raise ConfigError(f"train.py fit cannot parse {shlex.join(args[1:])}:\n{why}")
-    return yaml.safe_load(out.getvalue())
-
-
-def build(configs: Sequence[str], overrides: Sequence[str] = ()):
-    """``FreezeEmbedCLI`` with model, datamodule and trainer instantiated as ``train.py`` would, not run.
-
-    Lightning's start-up notes go to stderr, so a command's stdout stays its result (``--json``)."""
-    from .cli import FreezeEmbedCLI
-    args = [a for c in configs for a in ("--config", str(c))] + list(overrides)
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI warns when it sees both args and sys.argv
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            return FreezeEmbedCLI(args=args, run=False)
-    finally:
-        sys.argv = argv
 
 
 def path(key: str) -> Path:

@@ -1,4 +1,11 @@
-"""FineTuner: backbone + fresh linear head + freezing strategy + optimizer, as one LightningModule."""
+"""FineTuner: backbone + fresh linear head + freezing strategy + optimizer, as one LightningModule.
+
+It trains what the strategy says (the paper's whole method space: fine-tuning, freezing the embedding, linear
+probing, ...) and measures every evaluation set the datamodule describes, with the metrics
+``freeze_embed.metrics.metrics_for`` builds from that description. Validation logs ``<set>/<metric>`` and the paper's
+``paper/id``, ``paper/ood``; test logs the same under ``test/`` (``TEST_PREFIX``), which the CLI renames ``best/`` and
+``last/`` for the two checkpoints it tests after fit.
+"""
 from __future__ import annotations
 
 from typing import Any, Literal, Optional, Sequence, Union
@@ -14,9 +21,13 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .anatomy import resolve_anatomy
 from .backbones import create_backbone
-from .metrics import GroupAccuracy
+from .metrics import GroupAccuracy, metrics_for
 from .optim import SGD, build_optimizer, cosine_factor, group_names, optimizer_state_bytes, param_groups
 from .strategies import FullFineTune, Strategy
+
+# Test metrics are "test/<set>/<metric>". Waterbirds' evaluation set is itself named "test" ("test/test/acc"), so
+# the CLI renames keys by stripping this one leading prefix, never by replacing "test" anywhere in a key.
+TEST_PREFIX = "test/"
 
 
 class FineTuner(L.LightningModule):
@@ -49,7 +60,6 @@ class FineTuner(L.LightningModule):
         built = create_backbone(backbone, pretrained, **(backbone_kwargs or {}))
         self.backbone = built.model
         self.head = nn.Linear(built.num_features, num_classes)  # fresh, randomly initialised
-        self.mean, self.std = built.mean, built.std
         self.anatomy = resolve_anatomy(built, self.head, embed=embed, embed_tokens=embed_tokens)
         self.strategy = strategy if strategy is not None else FullFineTune()
         self.optimizer_factory = optimizer
@@ -62,7 +72,6 @@ class FineTuner(L.LightningModule):
             setter(True)
         self.eval_names: list[str] = []
         self.eval_metrics = nn.ModuleDict()
-        self.test_tag = "test"
         self._trainable_now: set[str] = set(self.anatomy.names)
         self._in_optimizer: set[str] = set()
         self._drop_grads: list[nn.Parameter] = []
@@ -70,9 +79,6 @@ class FineTuner(L.LightningModule):
     # --- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
 
     # --- which parameters train --------------------------------------------------------------------------------
     @property
@@ -118,9 +124,12 @@ class FineTuner(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
-        self.eval_names = list(getattr(dm, "eval_names", [])) or ["val"]
-        self.eval_metrics = nn.ModuleDict({
-            name: (dm.metric(name) if hasattr(dm, "metric") else GroupAccuracy()) for name in self.eval_names})
+        if dm is None:  # plain dataloaders (the speed benchmark): one evaluation set, plain accuracy
+            self.eval_names, metrics = ["val"], {"val": GroupAccuracy()}
+        else:
+            self.eval_names = list(dm.eval_names)
+            metrics = {name: metrics_for(dm, name) for name in self.eval_names}
+        self.eval_metrics = nn.ModuleDict(metrics)
         if stage == "fit":
             self._in_optimizer = set(self.optimizer_plan())
             self.apply_plan(0)
@@ -227,8 +236,9 @@ class FineTuner(L.LightningModule):
                 logged[f"{prefix}{name}/{key}"] = value
             self.eval_metrics[name].reset()
         dm = self.trainer.datamodule
-        for alias, key in (("id", getattr(dm, "id_metric", None)), ("ood", getattr(dm, "ood_metric", None))):
-            if key and f"{prefix}{key}" in logged:
+        paper = {} if dm is None else {"id": dm.id_metric, "ood": dm.ood_metric}
+        for alias, key in paper.items():
+            if f"{prefix}{key}" in logged:  # a group's accuracy is absent when the set has none of it (no Africa)
                 logged[f"{prefix}paper/{alias}"] = logged[f"{prefix}{key}"]
         for key, value in logged.items():
             self.log(key, value, on_epoch=True, prog_bar=key in ("id_val/acc", "paper/ood"))
@@ -241,7 +251,7 @@ class FineTuner(L.LightningModule):
         self._eval_epoch_end("")
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, f"{self.test_tag}/")
+        self._eval_step(batch, dataloader_idx, TEST_PREFIX)
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end(f"{self.test_tag}/")
+        self._eval_epoch_end(TEST_PREFIX)

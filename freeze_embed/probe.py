@@ -115,7 +115,7 @@ def split_features(module, name: str, key: str, cache_dir: Optional[str] = None)
             return None
         data = np.load(path)
         return data["x"], data["y"]
-    loader = dm._loader(dataset, shuffle=False)
+    loader = dm.loader(dataset, shuffle=False)
     x, y = extract_features(module.backbone, loader, f"probe features: {name}")
     shards = [(np.fromiter(iter(loader.sampler), dtype=np.int64), x, y)]
     if trainer.world_size > 1 and torch.distributed.is_initialized():

@@ -6,7 +6,8 @@ by model when there are several), datasets and their average as
 columns, each cell the mean over seeds +- the 90% confidence interval (Table 5), in percent. ``Avg.`` is the mean
 over datasets, shown only for rows that have every dataset; its CI combines the datasets' CIs as independent
 (sqrt(sum ci^2) / D). A summary needs only ``method``, ``dataset``, ``model`` and ``id`` / ``ood`` ``{"mean",
-"ci90"}`` (fractions in [0, 1]); ``freeze_embed.sweep`` writes these and more.
+"ci90"}`` (fractions in [0, 1]); ``freeze_embed.sweep`` writes these and more. Dataset and model names, and
+their order, are the paper's (:mod:`freeze_embed.paper`).
 """
 from __future__ import annotations
 
@@ -18,28 +19,9 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-from .backbones import PAPER_BACKBONES
+from .paper import DATASETS, MODELS, dataset_name, model_name  # noqa: F401 - the paper's names, re-exported
 
-# Dataset keys (config stems, or a word in the datamodule's class name) -> column names, in the paper's order.
-DATASETS = {"living17": "Living-17", "waterbirds": "Waterbirds", "domainnet": "DomainNet", "fmow": "FMoW",
-            "camelyon": "Camelyon", "demo": "Demo"}
-# configs/backbone/<stem>.yaml (= PAPER_BACKBONES keys) -> the paper's names, in Tables 1-2's order.
-MODELS = {"clip_vit_b16": "CLIP ViT-B/16", "clip_vit_l14": "CLIP ViT-L/14", "vit_b16_in21k": "ViT-B/16",
-          "dino_vit_b16": "DINO ViT-B/16", "convnext_b_in22k": "ConvNeXt-B", "bit_resnet50_in21k": "BiT ResNet-50",
-          "bit_resnet101_in21k": "BiT ResNet-101"}
 AVG = "Avg."
-
-
-def dataset_name(key: str) -> str:
-    """``waterbirds`` or ``Waterbirds`` (a datamodule class) -> ``Waterbirds``; unknown keys pass through."""
-    flat = "".join(c for c in key.lower() if c.isalnum())
-    return next((name for k, name in DATASETS.items() if k in flat), key)
-
-
-def model_name(spec: str) -> str:
-    """A backbone spec string or PAPER_BACKBONES key -> the paper's model name; unknown specs pass through."""
-    by_spec = {s: MODELS[k] for k, s in PAPER_BACKBONES.items() if k in MODELS}
-    return MODELS.get(spec) or by_spec.get(spec, spec)
 
 
 def load_summaries(paths: Iterable[str]) -> list[dict]:

@@ -85,11 +85,19 @@ def test_unknown_method_is_refused():
     assert set(memory.PAPER_METHODS) <= set(methods.keys())
 
 
-def test_speed_script_runs(capsys):
+def test_speed_script_reports_images_per_second_of_its_median_step(capsys, monkeypatch):
     res = speed.main(ARGS + ["--batch", "4", "--steps", "2", "--warmup", "1", "--methods", "sgd_freeze_embed", "--json"])
     out = json.loads(capsys.readouterr().out)["methods"]["sgd_freeze_embed"]
-    assert out == res["sgd_freeze_embed"] and out["lightning_img_s"] > 0 and out["hand_img_s"] > 0
+    assert out == res["sgd_freeze_embed"]
+    assert out["hand_img_s"] == pytest.approx(4 / out["hand_step_s"])
+    assert out["lightning_img_s"] == pytest.approx(4 / out["lightning_step_s"])
     assert out["overhead"] == pytest.approx(out["lightning_step_s"] / out["hand_step_s"] - 1)
+    seen = {}
+    monkeypatch.setattr(speed, "measure", lambda m, backbone, kwargs, batch, steps, warmup, size, *a, **k:
+                        seen.update(backbone=backbone, kwargs=kwargs, size=size) or {})
+    speed.main(["--methods", "sgd", "--json"])  # no --backbone: the demo ViT, as configs/demo.yaml defines it
+    assert seen == {"backbone": "timm:vit_tiny_patch16_224", "size": 32,
+                    "kwargs": {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 96, "num_heads": 3}}
 
 
 @pytest.mark.parametrize("method", ["sgd_freeze_embed", "adamw"])
@@ -130,3 +138,17 @@ def test_bench_builds_the_method_file_not_a_table_of_its_own(method):
     lrs = sorted({g["lr"] for g in opt.param_groups})
     assert lrs == pytest.approx([spec["init_args"]["lr"]] if method != "sgd_5x_lower_lr_embed"
                                 else [0.2 * spec["init_args"]["lr"], spec["init_args"]["lr"]])
+
+
+def test_data_throughput_normalises_with_the_backbones_statistics(monkeypatch, tmp_path):
+    """Built by train.py's parser: the backbone config's CLIP mean/std reach the data, not ImageNet's."""
+    from freeze_embed.bench import data_throughput
+    seen = []
+    monkeypatch.setattr(data_throughput, "measure", lambda dm, passes: seen.append(dm) or (1.0, 1))
+    monkeypatch.setattr(data_throughput, "synthetic_imagenet", lambda root, per_class: None)
+    data_throughput.main(["--config", str(ROOT / "configs/data/living17.yaml"), "--config",
+                          str(ROOT / "configs/backbone/clip_vit_b16.yaml"), "--data.root", str(tmp_path)])
+    data_throughput.main([])  # the synthetic default: the data config's own (ViT-B/16 ImageNet-21k) statistics
+    import open_clip
+    assert seen[0].mean == tuple(open_clip.OPENAI_DATASET_MEAN) and seen[0].batch_size == 64
+    assert seen[1].mean == (0.5, 0.5, 0.5)  # augreg_in21k's own, not ImageNet's (0.485, 0.456, 0.406)

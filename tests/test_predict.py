@@ -39,7 +39,7 @@ def checkpoint(config: str, root: Path, dm, splits: dict, tmp_path: Path) -> Pat
     model = FineTuner.load_from_checkpoint(last, map_location="cpu").eval()
     images = torch.stack([dm.split(n)[i][0] for n in splits for i in range(len(dm.split(n)))])
     with torch.no_grad():
-        mean = model.features(images).mean(0)
+        mean = model.backbone(images).mean(0)
     w = torch.randn(model.head.weight.shape, generator=torch.Generator().manual_seed(0)) * 100
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     ckpt["state_dict"].update({"head.weight": w, "head.bias": -w @ mean})

@@ -98,7 +98,7 @@ class _DM:
         x, y = self.splits[name]
         return TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
 
-    def _loader(self, dataset, shuffle):
+    def loader(self, dataset, shuffle):
         return DataLoader(dataset, batch_size=7, shuffle=shuffle)
 
 

@@ -8,8 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from freeze_embed import results
-from freeze_embed.results import dataset_name, load_summaries, model_name, render, tables
+from freeze_embed import paper, results
+from freeze_embed.paper import dataset_name, model_name
+from freeze_embed.results import load_summaries, render, tables
 
 from helpers import ROOT
 
@@ -79,7 +80,9 @@ def test_latex_and_csv():
 def test_labels():
     assert dataset_name("waterbirds") == "Waterbirds" and dataset_name("DemoShift") == "Demo"
     assert dataset_name("camelyon17") == "Camelyon" and dataset_name("MyData") == "MyData"
+    assert dataset_name("cifar10") == "CIFAR-10" and dataset_name("CIFAR10") == "CIFAR-10"  # config stem, class
     assert model_name("open_clip:ViT-B-16:openai") == "CLIP ViT-B/16" and model_name("timm:x") == "timm:x"
+    assert results.dataset_name is paper.dataset_name and results.DATASETS is paper.DATASETS  # one vocabulary
 
 
 def test_cli_finds_summaries_below_dirs(tmp_path, capsys):

@@ -172,3 +172,19 @@ def test_frozen_batchnorm_keeps_running_statistics():
     assert not torch.equal(model.backbone.layer4[1].bn2.running_mean, fresh.backbone.layer4[1].bn2.running_mean)
     model.train()
     assert not model.backbone.bn1.training and model.backbone.layer4[1].bn2.training
+
+
+def test_embed_lr_scale_moves_the_embedding_exactly_a_fifth_as_far_as_sgd():
+    """What training does, not what a strategy says: one step of each from the same start on the same batch."""
+    L.seed_everything(0)
+    start = {n: p.detach().clone() for n, p in FineTuner(
+        backbone="timm:vit_tiny_patch16_224", backbone_kwargs=dict(TINY), num_classes=4).named_parameters()}
+    sgd, _ = _one_epoch(FullFineTune(), lambda p: SGD(p, lr=0.1), steps=1)
+    scaled, _ = _one_epoch(EmbedLRScale(0.2), lambda p: SGD(p, lr=0.1), steps=1)
+    moved_sgd, moved_scaled = dict(sgd.named_parameters()), dict(scaled.named_parameters())
+    for name in sgd.anatomy.names:
+        a, b = moved_sgd[name].detach() - start[name], moved_scaled[name].detach() - start[name]
+        if name in sgd.anatomy.embed:
+            assert a.abs().sum() > 0 and torch.allclose(b, 0.2 * a, rtol=1e-5, atol=1e-8), name
+        else:
+            assert torch.allclose(b, a, rtol=1e-5, atol=1e-8), name

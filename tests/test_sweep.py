@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from freeze_embed import sweep
-from freeze_embed.sweep import Run, resolve_lrs, stats, summarize
+from freeze_embed.sweep import Run, command, launchers, resolve_lrs, stats, summarize
+from freeze_embed.sweep import run as one_run
 
 from helpers import ROOT
 
@@ -111,7 +112,7 @@ CONFIG = {"seed_everything": 0, "method": {"name": "SGD (freeze-embed)", "lr_gri
 def fake_training(monkeypatch):
     """Replace config composition and the training subprocess; record every launched command."""
     calls = []
-    monkeypatch.setattr(sweep, "compose", lambda configs, overrides=(): json.loads(json.dumps(CONFIG)))
+    monkeypatch.setattr(command, "compose", lambda configs, overrides=(): json.loads(json.dumps(CONFIG)))
 
     def fake_call(cmd, log, env):
         run_dir = Path(cmd[cmd.index("--run_dir") + 1])
@@ -123,7 +124,7 @@ def fake_training(monkeypatch):
         acc = {1e-3: 0.80, 1e-2: 0.90}.get(lr, 0.5) + 0.01 * cfg["seed_everything"]
         (run_dir / "results.json").write_text(json.dumps(results_json(acc, acc - 0.05, acc - 0.3)))
         return 0
-    monkeypatch.setattr(sweep, "_call", fake_call)
+    monkeypatch.setattr(one_run, "_call", fake_call)
     return calls
 
 
@@ -187,6 +188,13 @@ def test_run_config_logs_under_run_dir_and_shares_wandb_group(tmp_path, fake_tra
     assert len(wandb_ids) == 2
 
 
+def test_train_command_is_the_repos_train_py(tmp_path):
+    """The package sits one level deeper than the old module: the command still finds <repo>/train.py."""
+    assert sweep.TRAIN_PY == ROOT / "train.py" and sweep.TRAIN_PY.exists()
+    cmd = sweep.train_command(Run(1e-3, 0, str(tmp_path / "r")))
+    assert cmd[1:4] == [str(ROOT / "train.py"), "fit", "--config"]
+
+
 def test_dry_run_launches_nothing(tmp_path, fake_training, capsys):
     assert sweep.main(["--config", "x.yaml", "--seeds", "0", "--out", str(tmp_path / "s"), "--dry_run"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if "train.py" in x]
@@ -197,13 +205,13 @@ def test_dry_run_launches_nothing(tmp_path, fake_training, capsys):
 
 
 def test_one_run_per_visible_gpu(tmp_path, fake_training, monkeypatch):
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(launchers, "visible_gpus", lambda: ["0", "1"])
     cfg = json.loads(json.dumps(CONFIG))
     cfg["trainer"]["accelerator"] = "gpu"
-    monkeypatch.setattr(sweep, "compose", lambda configs, overrides=(): cfg)
+    monkeypatch.setattr(command, "compose", lambda configs, overrides=(): cfg)
     seen = {}
     real = sweep.launch_local
-    monkeypatch.setattr(sweep, "launch_local", lambda runs, parallel, gpus: seen.update(p=parallel, g=gpus)
+    monkeypatch.setattr(command, "launch_local", lambda runs, parallel, gpus: seen.update(p=parallel, g=gpus)
                         or real(runs, parallel, gpus))
     sweep.main(["--config", "x.yaml", "--lrs", "1e-3", "1e-2", "--seeds", "0", "1", "--out", str(tmp_path / "s")])
     assert seen == {"p": 2, "g": ["0", "1"]}
@@ -273,7 +281,7 @@ def test_tiny_demo_sweep_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
         from freeze_embed.cli import main
         main(cmd[cmd.index("fit"):])
         return 0
-    monkeypatch.setattr(sweep, "_call", in_process)
+    monkeypatch.setattr(one_run, "_call", in_process)
     assert sweep.main(argv) == 0
     assert "1 done, 1 to resume, 0 new" in capsys.readouterr().out
     commands = [x for x in (interrupted / "train.log").read_text().splitlines() if x.startswith("$ ")]

@@ -1,8 +1,8 @@
 """End-to-end ``train.py`` runs on the demo: every strategy, a user's strategy, resume, bf16, clear errors."""
-import json
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -23,16 +23,52 @@ STRATEGIES = {
 }
 
 
+# The parts of the backbone each run must leave at their pretrained values; every other part must move. The demo
+# config's strategy is FreezeEmbed, which the optimizer runs keep; gradual unfreezing never unfreezes the embedding.
+FROZEN = {"full": (), "embed_lr": (), "freeze_embed": ("embed",), "gradual": ("embed",), "lp_ft": ("embed",),
+          "linear_probe": ("embed", "blocks"), "adamw": ("embed",), "lars": ("embed",), "lamb": ("embed",)}
+
+
+def reevaluate(ckpt) -> dict[str, float]:
+    """Every evaluation set's metrics for a checkpoint, computed here in one process from the demo's own data."""
+    from freeze_embed.data import DemoShift
+    from freeze_embed.metrics import metrics_for
+    from freeze_embed.module import FineTuner
+    model = FineTuner.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    dm = DemoShift(train_size=64, eval_size=32, batch_size=16, backbone=model.hparams.backbone)
+    out = {}
+    with torch.no_grad():
+        for name in dm.eval_names:
+            metric = metrics_for(dm, name)
+            for x, y, g in dm.loader(dm.split(name), shuffle=False):  # the batches trainer.test saw
+                metric.update(model(x), y, g)
+            out.update({f"{name}/{k}": float(v) for k, v in metric.compute().items()})
+    return out
+
+
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_fit_then_test_best_and_last(tmp_path, name):
     run_cli(tiny_demo_args(tmp_path, extra=STRATEGIES[name]))
     r = results(tmp_path)
-    assert r["best_epoch"] in (0, 1)
-    for tag in ("best", "last"):
-        for key in ("id_val/acc", "id_test/acc", "ood_test/acc", "ood_test/worst_group_acc", "paper/id", "paper/ood"):
-            assert 0.0 <= r[tag][f"{tag}/{key}"] <= 1.0, (tag, key)
-        assert r[tag][f"{tag}/paper/id"] == r[tag][f"{tag}/id_test/acc"]  # the demo reports ID on id_test
+    assert r["best_epoch"] in (0, 1) and r["selection_metric"] == "id_val/acc"
+    assert r["best_checkpoint"].endswith(f"best-epoch{r['best_epoch']:02d}.ckpt")
     assert r["last_checkpoint"].endswith("last.ckpt")
+    for tag in ("best", "last"):
+        assert all(k.startswith(f"{tag}/") for k in r[tag])
+        assert r[tag][f"{tag}/paper/id"] == r[tag][f"{tag}/id_test/acc"]  # the demo reports ID on id_test
+        assert r[tag][f"{tag}/paper/ood"] == r[tag][f"{tag}/ood_test/acc"]
+    # best/... is the best checkpoint's own numbers, exactly: metric by metric, recomputed outside Lightning
+    scored = {k: v for k, v in r["best"].items() if not k.endswith("/loss") and not k.startswith("best/paper/")}
+    assert scored == {f"best/{k}": v for k, v in reevaluate(r["best_checkpoint"]).items()}
+    assert {"best/ood_test/worst_group_acc", "best/ood_test/acc_conflicting", "best/id_val/acc"} <= set(scored)
+    # what the strategy froze stayed at its pretrained values; what it trains moved
+    from freeze_embed.module import FineTuner
+    model = FineTuner.load_from_checkpoint(r["last_checkpoint"], map_location="cpu")
+    pretrained = torch.load(ROOT / "freeze_embed/assets/demo_vit_tiny.pth")
+    parts = {"embed": model.anatomy.embed, "blocks": [n for b in model.anatomy.blocks for n in b]}
+    for part, names in parts.items():
+        same = [torch.equal(model.state_dict()[n], pretrained[n[len("backbone."):]]) for n in names]
+        assert all(same) if part in FROZEN[name] else not all(same), part
     metrics = (tmp_path / "logs" / "demo" / "version_0" / "metrics.csv").read_text()
     assert "optimizer/state_bytes" in metrics and "params/trainable" in metrics
 
@@ -47,10 +83,15 @@ def test_linear_probe_fits_the_head_by_logistic_regression(tmp_path):
 
 
 def test_test_subcommand_on_a_checkpoint(tmp_path):
+    """``train.py test`` logs test/... (no best/ or last/ left over) and exactly the numbers fit reported."""
+    from freeze_embed.cli import FreezeEmbedCLI
     run_cli(tiny_demo_args(tmp_path, epochs=1))
     args = tiny_demo_args(tmp_path)[1:]
-    run_cli(["test", *[a for a in args if a not in ("--run_dir", str(tmp_path / "run"))],
-             "--ckpt_path", str(tmp_path / "run/checkpoints/last.ckpt")])
+    cli = FreezeEmbedCLI(args=["test", *[a for a in args if a not in ("--run_dir", str(tmp_path / "run"))],
+                               "--ckpt_path", str(tmp_path / "run/checkpoints/last.ckpt")])
+    logged = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert logged and all(k.startswith("test/") for k in logged)
+    assert {f"last/{k[len('test/'):]}": v for k, v in logged.items()} == results(tmp_path)["last"]
 
 
 def test_user_strategy_subclass_named_in_yaml(tmp_path):
@@ -99,8 +140,35 @@ def test_resume_after_crash_gives_the_same_weights_and_metrics(tmp_path, name):
         assert (state.get("probe") or state)["probe_result"]["C"] > 0  # the fit is recorded in the checkpoint
 
 
+class RecordPrecision(L.Callback):
+    """The head's output dtype and autocast's state in each training step, and the weights before and after."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.before = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        self.steps = []
+
+        def record(module, args, out):
+            if trainer.training:  # not fit's validation batch
+                self.steps.append((out.dtype, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        pl_module.head.register_forward_hook(record)
+
+    def on_train_end(self, trainer, pl_module):
+        self.after = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
 def test_bf16_mixed_step_on_cpu(tmp_path):
-    run_cli(tiny_demo_args(tmp_path, extra=["--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1"]))
+    """bf16-mixed really runs the step in bfloat16 (CPU autocast), keeps float32 weights, and updates them."""
+    from freeze_embed.cli import FreezeEmbedCLI
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "test_train_cli.RecordPrecision"}]}}))
+    extra = ["--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1", "--config", str(callbacks)]
+    cli = FreezeEmbedCLI(args=tiny_demo_args(tmp_path, extra=extra))
+    record = next(c for c in cli.trainer.callbacks if type(c).__name__ == "RecordPrecision")
+    assert record.steps == [(torch.bfloat16, True, torch.bfloat16)]  # fast_dev_run: one training step
+    assert all(v.dtype == torch.float32 for k, v in record.after.items() if v.is_floating_point())
+    moved = [k for k in record.before if not torch.equal(record.before[k], record.after[k])]
+    assert "head.weight" in moved and "backbone.blocks.3.attn.qkv.weight" in moved
+    assert "backbone.patch_embed.proj.weight" not in moved  # the demo's FreezeEmbed
 
 
 def _cli_error(tmp_path, capsys, extra):

@@ -122,12 +122,8 @@ def grad_norms(module, batches: Iterable, num_batches: Optional[int] = None, dev
 
 def build(cli_args: list[str]):
     """(FineTuner, datamodule ready for ``train_dataloader()``) exactly as ``train.py fit`` builds them."""
-    from ..cli import FreezeEmbedCLI
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI warns when it sees both args and sys.argv
-    try:
-        cli = FreezeEmbedCLI(args=cli_args, run=False)
-    finally:
-        sys.argv = argv
+    from ..config import build as build_cli
+    cli = build_cli([], cli_args)
     cli.datamodule.setup("fit")
     return cli.model, cli.datamodule
 

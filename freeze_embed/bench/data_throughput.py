@@ -1,11 +1,13 @@
 """Data-loading throughput (images/s) with the paper's training transforms, to check the loader keeps a GPU fed.
 
     python -m freeze_embed.bench.data_throughput                          # synthetic Living-17, 2 workers
-    python -m freeze_embed.bench.data_throughput --config configs/data/waterbirds.yaml --root /data --workers 8
+    python -m freeze_embed.bench.data_throughput --config configs/data/waterbirds.yaml \
+        --config configs/backbone/clip_vit_b16.yaml --data.root /data --workers 8
 
 Without ``--config`` it writes a synthetic ImageNet-style Living-17 tree (JPEGs of ImageNet's typical 500x375
 size, smooth content so file sizes are realistic, ~60-100 kB) into a temporary folder. The first pass warms the
-page cache and starts the workers; the reported number is the best of the timed passes.
+page cache and starts the workers; the reported number is the best of the timed passes. The datamodule is built by
+``train.py``'s parser (:func:`freeze_embed.config.build_data`), so its normalisation is the backbone's.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import time
 
 import numpy as np
 from PIL import Image
+
+from ..config import build_data
+from ..methods import CONFIGS
 
 
 def synthetic_imagenet(root: str, per_class: int, size=(500, 375), seed: int = 0) -> None:
@@ -46,23 +51,21 @@ def measure(dm, passes: int) -> tuple[float, int]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="a configs/data/*.yaml; default: synthetic Living-17")
-    parser.add_argument("--root", help="the data root for --config")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     epilog="Any other argument goes to train.py's parser, e.g. --data.root /data.")
+    parser.add_argument("--config", action="append", default=[],
+                        help="configs/data/*.yaml (and a backbone config); default: synthetic Living-17")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--per_class", type=int, default=12, help="synthetic images per class (34 classes)")
     parser.add_argument("--passes", type=int, default=2)
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.config:
-            from ..data.describe import build
-            over = {"num_workers": args.workers, "batch_size": args.batch_size}
-            dm = build([args.config], {**over, **({"root": args.root} if args.root else {})})
-        else:
-            from ..data import Living17
+        if not args.config:
             synthetic_imagenet(tmp, args.per_class)
-            dm = Living17(root=tmp, batch_size=args.batch_size, num_workers=args.workers)
+            args.config, overrides = [CONFIGS / "data" / "living17.yaml"], [*overrides, "--data.root", tmp]
+        overrides += ["--data.num_workers", str(args.workers), "--data.batch_size", str(args.batch_size)]
+        dm = build_data(args.config, overrides)
         rate, n = measure(dm, args.passes)
         print(f"{type(dm).__name__}: {rate:.0f} images/s with the paper's training transforms "
               f"({n} images/pass, batch {args.batch_size}, {args.workers} workers, {os.cpu_count()} CPUs)")

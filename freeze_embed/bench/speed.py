@@ -17,8 +17,8 @@ import warnings
 from typing import Optional
 
 from .. import methods as registry
+from ..config import demo_backbone
 
-DEMO_KWARGS = {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 96, "num_heads": 3}
 
 
 def _sync(device) -> None:
@@ -114,10 +114,10 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
 
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description="Training images/s per method; FineTuner overhead vs bare PyTorch.")
-    parser.add_argument("--backbone", default="timm:vit_tiny_patch16_224")
+    parser.add_argument("--backbone", default=None, help="spec string; default: the demo's tiny ViT (configs/demo.yaml)")
     parser.add_argument("--backbone-kwargs", type=json.loads, default=None,
-                        help="JSON; default: the demo's tiny ViT for the default backbone, else {}")
-    parser.add_argument("--image-size", type=int, default=None, help="default: 32 for the demo ViT, else 224")
+                        help="JSON; default: the demo ViT's for the default backbone, else {}")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the demo ViT's for it, else 224")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -132,16 +132,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    demo = args.backbone == "timm:vit_tiny_patch16_224"
-    kwargs = args.backbone_kwargs if args.backbone_kwargs is not None else (DEMO_KWARGS if demo else {})
-    size = args.image_size or (32 if demo and args.backbone_kwargs is None else 224)
+    backbone, kwargs, size = args.backbone, args.backbone_kwargs or {}, args.image_size or 224
+    if backbone is None:
+        backbone, demo_kwargs = demo_backbone()
+        kwargs = args.backbone_kwargs if args.backbone_kwargs is not None else demo_kwargs
+        size = args.image_size or kwargs.get("img_size", 224)
     warnings.filterwarnings("ignore")
     import logging
     import lightning  # noqa: F401  (sets its own log level on import; quiet it after)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     results = {}
     for m in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        results[m] = measure(m, args.backbone, kwargs, args.batch, args.steps, args.warmup, size, args.precision,
+        results[m] = measure(m, backbone, kwargs, args.batch, args.steps, args.warmup, size, args.precision,
                              args.device, repeats=args.repeats)
         if not args.json:
             r = results[m]

@@ -4,10 +4,11 @@ from .camelyon import Camelyon17
 from .cifar10 import CIFAR10
 from .demo import DemoShift
 from .domainnet import DomainNet
-from .files import DataFormatError, DataRootError, ImageReadError
+from .errors import DataFormatError, DataRootError, ImageReadError
 from .fmow import FMoW
 from .living17 import Living17
 from .waterbirds import Waterbirds
+from .wilds import WildsDataModule
 
-__all__ = ["ShiftDataModule", "DemoShift", "Waterbirds", "FMoW", "Camelyon17", "DomainNet", "Living17", "CIFAR10",
-           "DataRootError", "DataFormatError", "ImageReadError"]
+__all__ = ["ShiftDataModule", "WildsDataModule", "DemoShift", "Waterbirds", "FMoW", "Camelyon17", "DomainNet",
+           "Living17", "CIFAR10", "DataRootError", "DataFormatError", "ImageReadError"]

@@ -1,12 +1,14 @@
-"""ShiftDataModule: a training set plus named evaluation sets (``id_val``, ``id_test``, ``ood_test``, ...).
+"""ShiftDataModule: a distribution shift as the paper evaluates it, a training set plus named evaluation sets.
 
-``id_val`` drives model selection and early stopping (the paper's protocol); every set is evaluated each epoch and
-logged under its own name. Subclasses say how to build one split (``make_split``), which transforms the paper uses,
-which metric is the paper's ID and OOD number (``id_metric`` / ``ood_metric``) and which metric selects the LR and
-the epoch (``selection_metric``: checkpointing, the sweep and the results tables all read it from here).
+Data modules describe the data; the module measures. A dataset says which sets are evaluated, how its examples are
+grouped, how the groups are scored and which numbers are the paper's ID and OOD ones (the protocol below);
+``freeze_embed.metrics.metrics_for`` turns that description into the metric objects, and the FineTuner and the CLI
+read it as plain attributes. ``id_val`` drives model selection and early stopping (the paper's protocol); every set
+is evaluated each epoch and logged under its own name.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import lightning as L
@@ -14,11 +16,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import normalization
-from ..metrics import GroupAccuracy
 
 
 class ShiftDataModule(L.LightningDataModule):
     """Base class of every dataset; samples are ``(image, label, group)``.
+
+    The protocol, which every dataset has (the defaults here fit a dataset without groups scored by plain accuracy):
+
+    - ``num_classes``: size of the new head.
+    - ``train_split``: the training set's name.
+    - ``eval_names``: the evaluation sets, in the order of the evaluation dataloaders (a tuple).
+    - ``groups``: names of the groups a sample's third element indexes, or None when groups mean nothing;
+      ``group_names(split)`` gives a split's (by default ``groups``, the same in every split).
+    - ``group_weights(split)``: None, or one weight per group for ``weighted_acc`` (Waterbirds: the training counts).
+    - ``excluded_groups``: groups left out of the worst-group accuracy (FMoW's "Other", as WILDS does).
+    - ``worst_group_name``: the key of the worst-group accuracy (``worst_group_acc``; FMoW: ``worst_region_acc``).
+    - ``id_metric`` / ``ood_metric``: the paper's ID and OOD numbers (logged again as ``paper/id``, ``paper/ood``).
+    - ``selection_metric``: picks the epoch (checkpoint) and the LR (sweep), Section 4; the sweep and the results
+      tables read it from each run's results.json.
+    - ``paper_epochs``: the epochs the paper trains for (``describe`` shows it).
+    - ``split(name, train)``: the set ``name``, built once by ``make_split``.
+
+    Metric keys are ``<eval set>/<metric>``, e.g. ``ood_test/acc_Africa`` or ``test/weighted_acc``.
 
     Args:
         root: dataset directory.
@@ -31,10 +50,13 @@ class ShiftDataModule(L.LightningDataModule):
 
     num_classes: int = 0
     train_split: str = "train"
-    eval_splits: Sequence[str] = ("id_val", "ood_test")
-    id_metric: str = "id_val/acc"    # the paper's ID number
-    ood_metric: str = "ood_test/acc"  # the paper's OOD number
-    selection_metric: str = "id_val/acc"  # picks the epoch (checkpoint) and the LR (sweep); Section 4
+    eval_names: Sequence[str] = ("id_val", "ood_test")
+    groups: Optional[Sequence[str]] = None
+    excluded_groups: Sequence[str] = ()
+    worst_group_name: str = "worst_group_acc"
+    id_metric: str = "id_val/acc"
+    ood_metric: str = "ood_test/acc"
+    selection_metric: str = "id_val/acc"
     paper_epochs: Optional[int] = None
 
     def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 2,
@@ -42,6 +64,8 @@ class ShiftDataModule(L.LightningDataModule):
         super().__init__()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.backbone, self.download = backbone, download
+        # ``root`` stays as given (errors quote it); every path on disk is built from ``root_dir``
+        self.root_dir: Optional[str] = os.path.abspath(os.path.expanduser(str(root))) if root else None
         self.mean, self.std = normalization(backbone)
         self._splits: dict[str, Dataset] = {}
 
@@ -52,10 +76,11 @@ class ShiftDataModule(L.LightningDataModule):
 
     def group_names(self, split: str) -> Optional[list[str]]:
         """Names of the groups the split's third element indexes, or None when groups mean nothing."""
-        return None
+        return None if self.groups is None else list(self.groups)
 
-    def metric(self, split: str) -> GroupAccuracy:
-        return GroupAccuracy(self.group_names(split))
+    def group_weights(self, split: str) -> Optional[list[float]]:
+        """Per-group weights of the split's ``weighted_acc``, or None (no weighted accuracy)."""
+        return None
 
     def check_root(self) -> None:
         """Fail now, with the dataset's one-sentence error, if the data is not where the config says.
@@ -68,10 +93,6 @@ class ShiftDataModule(L.LightningDataModule):
             self.split(self.train_split, train=True)
 
     # --- shared machinery -------------------------------------------------------------------------------------
-    @property
-    def eval_names(self) -> list[str]:
-        return list(self.eval_splits)
-
     def split(self, name: str, train: bool = False) -> Dataset:
         key = f"{name}|{'train' if train else 'eval'}"
         if key not in self._splits:
@@ -84,9 +105,10 @@ class ShiftDataModule(L.LightningDataModule):
         for name in self.eval_names:
             self.split(name)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        """A DataLoader over ``dataset`` as training (``shuffle``) or evaluation reads it, also for the probe."""
         sampler = None
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer
         if not shuffle and trainer is not None and trainer.world_size > 1:
             # Each example evaluated exactly once across processes: exact metrics under DDP.
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -98,15 +120,10 @@ class ShiftDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.split(self.train_split, train=True), shuffle=True)
+        return self.loader(self.split(self.train_split, train=True), shuffle=True)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.split(n), shuffle=False) for n in self.eval_names]
+        return [self.loader(self.split(n), shuffle=False) for n in self.eval_names]
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
-
-    def probe_dataloaders(self) -> dict[str, DataLoader]:
-        """Training images with test-time transforms and ``id_val``, for the linear-probe protocol."""
-        return {"train": self._loader(self.split(self.train_split, train=False), shuffle=False),
-                "id_val": self._loader(self.split("id_val"), shuffle=False)}

@@ -6,44 +6,24 @@ Metrics (Section 2.1): ID = ``id_val`` accuracy, OOD = average accuracy on ``ood
 """
 from __future__ import annotations
 
-import numpy as np
-
-from .base import ShiftDataModule
-from .files import WildsSamples, download_wilds, open_wilds
 from .transforms import paper_transform
+from .wilds import WildsDataModule
 
 HOSPITALS = [f"hospital_{i}" for i in range(5)]
 SPLITS = {"train": "train", "id_val": "id_val", "ood_val": "val", "ood_test": "test"}
 
 
-class Camelyon17(ShiftDataModule):
+class Camelyon17(WildsDataModule):
     """WILDS-Camelyon17; ID = ``id_val`` accuracy, OOD = ``ood_test`` accuracy."""
 
+    wilds_name, wilds_version, title = "camelyon17", "1.0", "WILDS-Camelyon17"
+    wilds_files = ("metadata.csv", "patches")
     num_classes = 2
-    eval_splits = ("id_val", "ood_val", "ood_test")
-    id_metric = "id_val/acc"
-    ood_metric = "ood_test/acc"
+    eval_names = ("id_val", "ood_val", "ood_test")
+    groups = HOSPITALS
     paper_epochs = 3
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._dataset = None
-
-    def prepare_data(self) -> None:
-        if self.download:
-            download_wilds("camelyon17", "1.0", self.root, "WILDS-Camelyon17")
-
-    def _load(self):
-        if self._dataset is None:
-            self._dataset = open_wilds("camelyon17", "1.0", self.root, ["metadata.csv", "patches"],
-                                       "WILDS-Camelyon17")
-        return self._dataset
-
     def make_split(self, name: str, train: bool):
-        ds = self._load()
-        idx = np.flatnonzero(np.asarray(ds.split_array) == ds.split_dict[SPLITS[name]])
-        hospital = ds.metadata_array[idx, 0].numpy()
-        return WildsSamples(ds, idx, hospital, paper_transform("camelyon17", train, self.mean, self.std))
-
-    def group_names(self, split: str):
-        return list(HOSPITALS)
+        ds = self.load()
+        hospitals = ds.metadata_array[:, 0].numpy()  # WILDS' first metadata column
+        return self.samples(ds, SPLITS[name], hospitals, paper_transform("camelyon17", train, self.mean, self.std))

@@ -21,7 +21,8 @@ from PIL import Image
 
 from ..errors import FreezeEmbedError
 from .base import ShiftDataModule
-from .files import DataFormatError, ImageSamples, missing_files, missing_root
+from .errors import DataFormatError, missing_files, missing_root
+from .images import ImageSamples
 from .transforms import paper_transform
 
 TITLE = "CIFAR-10 -> STL-10"
@@ -104,9 +105,8 @@ class CIFAR10(ShiftDataModule):
     """
 
     num_classes = 10
-    eval_splits = ("id_val", "id_test", "ood_test")
+    eval_names = ("id_val", "id_test", "ood_test")
     id_metric = "id_test/acc"
-    ood_metric = "ood_test/acc"
     paper_epochs = 20  # epochs: 20 in the authors' configs/adaptation/cifar_stl.yaml
 
     def __init__(self, val_size: int = 5000, val_seed: int = 0, id_val_from: str = "train_holdout", **kwargs):
@@ -117,8 +117,7 @@ class CIFAR10(ShiftDataModule):
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def _dir(self, folder: str, files: list[str]) -> str:
-        root = os.path.abspath(os.path.expanduser(str(self.root))) if self.root else None
-        directory = os.path.join(root, folder) if root else None
+        directory = os.path.join(self.root_dir, folder) if self.root_dir else None
         if directory is None or missing_files(directory, files):
             raise missing_root(TITLE, self.root, LAYOUT, HOW)
         return directory
@@ -133,11 +132,10 @@ class CIFAR10(ShiftDataModule):
             if not self.root:
                 raise
             from torchvision import datasets
-            root = os.path.abspath(os.path.expanduser(str(self.root)))
             try:
                 with contextlib.redirect_stdout(sys.stderr):  # keep stdout for results (describe --json)
-                    datasets.CIFAR10(root, train=True, download=True)
-                    datasets.STL10(root, split="test", download=True)
+                    datasets.CIFAR10(self.root_dir, train=True, download=True)
+                    datasets.STL10(self.root_dir, split="test", download=True)
             except Exception as err:
                 raise missing_root(TITLE, self.root, LAYOUT,
                                    f"the download failed ({type(err).__name__}; no internet?): {MANUAL}") from err

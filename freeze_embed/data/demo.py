@@ -62,7 +62,8 @@ class DemoShift(ShiftDataModule):
         seed: the data seed (separate from the training seed, so every run sees the same data).
     """
 
-    eval_splits = ("id_val", "id_test", "ood_test")
+    eval_names = ("id_val", "id_test", "ood_test")
+    groups = ("aligned", "conflicting")
     id_metric = "id_test/acc"  # id_val picks the LR and epoch; report ID on held-out data
     paper_epochs = 6
 
@@ -80,6 +81,3 @@ class DemoShift(ShiftDataModule):
         images, labels, groups = make_shift_images(sizes[name], self.num_classes, agreement, 1000 * self.seed + offsets[name],
                                                    noise=self.noise, contrast=self.contrast)
         return _TensorShift(images, labels, groups, self.mean, self.std)
-
-    def group_names(self, split: str):
-        return ["aligned", "conflicting"]

@@ -4,40 +4,19 @@
 
 Reads only metadata and split lists (no image is opened). ``--json`` prints
 ``{"splits": {"<name>": {"size": n, "groups": {...}}}, "num_classes": k}`` (``groups`` is empty where a dataset
-has none). Any ``--data.init_args.<key> <value>`` (or ``--data.<key>``) overrides the config.
+has none). Any ``--data.init_args.<key> <value>`` (or ``--data.<key>``) overrides the config, read by ``train.py``'s
+own parser (:func:`freeze_embed.config.build_data`); no model is built.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import sys
 from typing import Optional, Sequence
 
 import torch
-import yaml
 
-from ..errors import FreezeEmbedError
-
-
-def build(configs: Sequence[str], overrides: dict) -> "ShiftDataModule":  # noqa: F821
-    """Instantiate the ``data:`` section of the (merged) YAML configs, as the training CLI would."""
-    data: dict = {}
-    for path in configs:
-        with open(path) as f:
-            section = (yaml.safe_load(f) or {}).get("data") or {}
-        if "class_path" in section and section["class_path"] != data.get("class_path"):
-            data = {"class_path": section["class_path"], "init_args": {}}
-        data.setdefault("init_args", {}).update(section.get("init_args") or {})
-    if "class_path" in overrides:
-        data["class_path"] = overrides.pop("class_path")
-    data.setdefault("init_args", {}).update(overrides)
-    if "class_path" not in data:
-        raise FreezeEmbedError("No data class: give --config with a 'data: {class_path: ...}' section "
-                               "(e.g. configs/data/waterbirds.yaml) or --data.class_path.")
-    module, _, name = data["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(**data["init_args"])
+from ..cli import exit_on_user_error
+from ..config import build_data
 
 
 def summary(dm) -> dict:
@@ -68,36 +47,18 @@ def render(info: dict, dm) -> str:
     return "\n".join(lines)
 
 
-def _overrides(extra: list[str]) -> dict:
-    """``--data.root X`` / ``--data.init_args.root X`` / ``--data.class_path X`` pairs; values parsed as YAML."""
-    out, i = {}, 0
-    while i < len(extra):
-        key, _, value = extra[i].partition("=")
-        if not key.startswith("--data."):
-            raise FreezeEmbedError(f"Unknown argument '{extra[i]}': use --config, --json or --data.<key> <value>.")
-        if not _:
-            if i + 1 >= len(extra):
-                raise FreezeEmbedError(f"'{key}' needs a value.")
-            i, value = i + 1, extra[i + 1]
-        key = key[len("--data."):]
-        key = key[len("init_args."):] if key.startswith("init_args.") else key
-        out[key] = value if key in ("root", "class_path") else yaml.safe_load(value)
-        i += 1
-    return out
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.data.describe", description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", default=[], help="YAML config(s) with a data: section")
+    parser.epilog = "Any other argument goes to train.py's parser, e.g. --data.root /data."
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args, extra = parser.parse_known_args(argv)
-    try:
-        dm = build(args.config, _overrides(extra))
+    def describe():
+        dm = build_data(args.config, extra)
         dm.prepare_data()
-        info = summary(dm)
-    except FreezeEmbedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return dm, summary(dm)
+
+    dm, info = exit_on_user_error(describe)
     print(json.dumps(info, sort_keys=False) if args.json else render(info, dm))
 
 

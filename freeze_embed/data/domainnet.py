@@ -17,10 +17,11 @@ import warnings
 
 import numpy as np
 
-from .base import ShiftDataModule
-from .files import (DataFormatError, ImageSamples, WildsSamples, download, missing_files, missing_root,
-                    open_wilds, wilds_parent)
+from .download import download
+from .errors import DataFormatError, missing_files, missing_root
+from .images import ImageSamples
 from .transforms import paper_transform
+from .wilds import WildsDataModule, split_indices
 
 # SENTRY's label order (label = index): take labels from the split files, never from folder order.
 CLASSES = ["airplane", "ambulance", "apple", "backpack", "banana", "bathtub", "bear", "bed", "bee", "bicycle",
@@ -66,70 +67,51 @@ def read_split(root: str, domain: str, split: str) -> tuple[list[str], np.ndarra
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-class DomainNet(ShiftDataModule):
+class DomainNet(WildsDataModule):
     """DomainNet (SENTRY, 40 classes): train sketch; ID = sketch test, OOD = real test (+ painting, clipart)."""
 
+    wilds_name, wilds_version, wilds_files, title = "domainnet", "1.0", ("sentry_metadata.csv",), "DomainNet"
     num_classes = 40
-    eval_splits = ("id_val", "ood_test", "ood_test_painting", "ood_test_clipart")
-    id_metric = "id_val/acc"
-    ood_metric = "ood_test/acc"
     paper_epochs = 50
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._source = None  # ("sentry", [present domains]) or ("wilds", {target domain: wilds dataset})
-
-    @property
-    def _root(self) -> str:
-        return os.path.abspath(os.path.expanduser(str(self.root))) if self.root else ""
-
     def _sentry_ok(self, domain: str, split: str) -> bool:
-        return not missing_files(self._root, [os.path.join(SPLIT_DIR, split_file(domain, split)), domain])
-
-    def _wilds_ok(self) -> bool:
-        parent = wilds_parent(self._root, WILDS_FOLDER)
-        return bool(self.root) and not missing_files(os.path.join(parent, WILDS_FOLDER),
-                                                     ["RELEASE_v1.0.txt", "sentry_metadata.csv"])
+        return bool(self.root_dir) and not missing_files(
+            self.root_dir, [os.path.join(SPLIT_DIR, split_file(domain, split)), domain])
 
     def prepare_data(self) -> None:
         """Fetch the four SENTRY domains' images and split files into the SENTRY layout (``download: true``)."""
-        if not self.download or not self.root or self._wilds_ok():
+        if not self.download or not self.root_dir or self.wilds_has(self.wilds_release, *self.wilds_files):
             return
         for domain in (SOURCE, TARGET, *EXTRA):
             for split in ("train", "test"):
-                if not os.path.exists(os.path.join(self._root, SPLIT_DIR, split_file(domain, split))):
-                    download(SPLIT_URL.format(domain=domain, split=split), os.path.join(self._root, SPLIT_DIR))
-            if not os.path.isdir(os.path.join(self._root, domain)):
-                download(IMAGE_URLS[domain], self._root, extract=True)
+                if not os.path.exists(os.path.join(self.root_dir, SPLIT_DIR, split_file(domain, split))):
+                    download(SPLIT_URL.format(domain=domain, split=split), os.path.join(self.root_dir, SPLIT_DIR))
+            if not os.path.isdir(os.path.join(self.root_dir, domain)):
+                download(IMAGE_URLS[domain], self.root_dir, extract=True)
 
-    def _load(self):
-        if self._source is not None:
-            return self._source
+    def read(self):
+        """("sentry", [present domains]) or ("wilds", {target domain: WILDS dataset with sketch as source})."""
         required = [(SOURCE, "train"), (SOURCE, "test"), (TARGET, "test")]
-        if self.root and all(self._sentry_ok(d, s) for d, s in required):
-            present = [SOURCE, TARGET] + [d for d in EXTRA if self._sentry_ok(d, "test")]
-            self._source = ("sentry", present)
-        elif self._wilds_ok():
-            sets = {}
-            for target in (TARGET, *EXTRA):
-                ds = open_wilds("domainnet", "1.0", self.root, ["sentry_metadata.csv"], "DomainNet",
-                                use_sentry=True, source_domain=SOURCE, target_domain=target)
-                y = np.asarray(ds.y_array)
-                if len(y) and (y.min() < 0 or y.max() >= len(CLASSES)):
-                    raise DataFormatError(f"{ds.data_dir}/sentry_metadata.csv has labels outside 0-39.")
-                if target == TARGET or (np.asarray(ds.split_array) == ds.split_dict["test"]).any():
-                    sets[target] = ds
-            self._source = ("wilds", sets)
-        else:
-            raise missing_root("DomainNet", self.root, LAYOUT, HOW)
-        return self._source
+        if all(self._sentry_ok(d, s) for d, s in required):
+            return "sentry", [SOURCE, TARGET] + [d for d in EXTRA if self._sentry_ok(d, "test")]
+        if not self.wilds_has(self.wilds_release, *self.wilds_files):
+            raise missing_root(self.title, self.root, LAYOUT, HOW)
+        sets = {}
+        for target in (TARGET, *EXTRA):  # WILDS' SENTRY dataset pairs the source with one target domain
+            ds = self.open_wilds(use_sentry=True, source_domain=SOURCE, target_domain=target)
+            y = np.asarray(ds.y_array)
+            if len(y) and (y.min() < 0 or y.max() >= len(CLASSES)):
+                raise DataFormatError(f"{ds.data_dir}/sentry_metadata.csv has labels outside 0-39.")
+            if target == TARGET or len(split_indices(ds, "test")):
+                sets[target] = ds
+        return "wilds", sets
 
     @property
-    def eval_names(self) -> list[str]:
+    def eval_names(self) -> tuple[str, ...]:
         """``id_val``, ``ood_test`` (real) and ``ood_test_<domain>`` for painting / clipart when present."""
-        kind, info = self._load()
+        kind, info = self.load()
         present = info if kind == "sentry" else list(info)
-        return ["id_val", "ood_test"] + [f"ood_test_{d}" for d in EXTRA if d in present]
+        return ("id_val", "ood_test", *(f"ood_test_{d}" for d in EXTRA if d in present))
 
     def _domain_split(self, name: str) -> tuple[str, str]:
         if name == "train":
@@ -141,24 +123,23 @@ class DomainNet(ShiftDataModule):
         return name[len("ood_test_"):], "test"
 
     def make_split(self, name: str, train: bool):
-        kind, info = self._load()
+        kind, info = self.load()
         domain, split = self._domain_split(name)
         tf = paper_transform("domainnet", train, self.mean, self.std)
         if kind == "sentry":
-            paths, labels = read_split(self._root, domain, split)
+            paths, labels = read_split(self.root_dir, domain, split)
             return ImageSamples(paths, labels, None, tf)
-        ds = info[TARGET if domain == SOURCE else domain]
+        # in WILDS' SENTRY layout the source's train/test lists are the splits train/id_test, a target's is test
         wilds_split = {"train": "train", "test": "id_test"}[split] if domain == SOURCE else "test"
-        idx = np.flatnonzero(np.asarray(ds.split_array) == ds.split_dict[wilds_split])
-        return WildsSamples(ds, idx, np.zeros(len(idx), dtype=np.int64), tf)
+        return self.samples(info[TARGET if domain == SOURCE else domain], wilds_split, None, tf)
 
     def setup(self, stage=None) -> None:
-        kind, info = self._load()
+        kind, info = self.load()
         if kind == "sentry":  # half an extra domain (images without list, or list without images) is a set-up slip
             for d in EXTRA:
-                have = [os.path.isdir(os.path.join(self._root, d)),
-                        os.path.isfile(os.path.join(self._root, SPLIT_DIR, split_file(d, "test")))]
+                have = [os.path.isdir(os.path.join(self.root_dir, d)),
+                        os.path.isfile(os.path.join(self.root_dir, SPLIT_DIR, split_file(d, "test")))]
                 if any(have) and not all(have):
                     warnings.warn(f"DomainNet: {d} has {'images' if have[0] else 'a split file'} but no "
-                                  f"{'split file' if have[0] else 'images'} under {self._root}; not evaluated.")
+                                  f"{'split file' if have[0] else 'images'} under {self.root_dir}; not evaluated.")
         super().setup(stage)

@@ -15,7 +15,8 @@ from importlib import resources
 import numpy as np
 
 from .base import ShiftDataModule
-from .files import DataRootError, ImageSamples, missing_root
+from .errors import DataRootError, missing_root
+from .images import ImageSamples
 from .transforms import paper_transform
 
 EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -46,14 +47,10 @@ class Living17(ShiftDataModule):
     """Living-17; ID = ``id_val`` accuracy (source classes), OOD = ``ood_test`` accuracy (target classes)."""
 
     num_classes = 17
-    eval_splits = ("id_val", "ood_test")
-    id_metric = "id_val/acc"
-    ood_metric = "ood_test/acc"
     paper_epochs = 20
 
     def _check(self, folder: str) -> str:
-        root = os.path.abspath(os.path.expanduser(str(self.root))) if self.root else None
-        path = os.path.join(root, folder) if root else None
+        path = os.path.join(self.root_dir, folder) if self.root_dir else None
         if path is None or not os.path.isdir(path):
             raise missing_root("Living-17", self.root, LAYOUT, HOW)
         if folder == "val":

@@ -7,7 +7,6 @@ Images carry their label and row in the pixels (``code``) where a test checks th
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np

@@ -7,6 +7,7 @@ from torchvision.transforms import v2 as T
 
 from formats import code, interpolation
 from freeze_embed.data import Camelyon17, DataRootError
+from freeze_embed.metrics import metrics_for
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def dm(camelyon_root):
 
 
 def test_hospital_splits(dm):
-    assert dm.eval_names == ["id_val", "ood_val", "ood_test"]  # no ID test set in WILDS-Camelyon17
+    assert dm.eval_names == ("id_val", "ood_val", "ood_test")  # no ID test set in WILDS-Camelyon17
     sizes = {n: len(dm.split(n)) for n in ["train", *dm.eval_names]}
     assert sizes == {"train": 6, "id_val": 3, "ood_val": 2, "ood_test": 3}
     assert dm.split("train").groups.tolist() == [0, 0, 0, 3, 3, 4]
@@ -43,7 +44,7 @@ def test_resize_bilinear_to_224_and_flip(dm):
 
 def test_ood_accuracy_on_hand_predictions(dm):
     test = dm.split("ood_test")
-    metric = dm.metric("ood_test")
+    metric = metrics_for(dm, "ood_test")
     metric.update(torch.tensor([1, 1, 1]), test.labels, test.groups)
     out = metric.compute()
     assert float(out["acc"]) == pytest.approx(2 / 3) and float(out["acc_hospital_2"]) == pytest.approx(2 / 3)

@@ -29,7 +29,7 @@ def test_splits_with_holdout(dm, cifar_root):  # noqa: F811
     again = CIFAR10(root=str(cifar_root), val_size=5)
     assert np.array_equal(again.holdout()[1], val_idx) and np.array_equal(again.split("id_val").indices, val_idx)
     assert not np.array_equal(CIFAR10(root=str(cifar_root), val_size=5, val_seed=1).holdout()[1], val_idx)
-    assert dm.eval_names == ["id_val", "id_test", "ood_test"] and dm.num_classes == 10 and dm.paper_epochs == 20
+    assert dm.eval_names == ("id_val", "id_test", "ood_test") and dm.num_classes == 10 and dm.paper_epochs == 20
     assert (dm.id_metric, dm.ood_metric) == ("id_test/acc", "ood_test/acc") and "selection_metric" not in vars(CIFAR10)
     assert dm.group_names("ood_test") is None and dm.split("ood_test").groups.tolist() == [0] * 6
 

@@ -7,6 +7,7 @@ import torch
 from formats import code, copy_tree, interpolation
 from freeze_embed.data import DataFormatError, DataRootError, DomainNet
 from freeze_embed.data.domainnet import CLASSES
+from freeze_embed.metrics import metrics_for
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def test_sentry_label_order():
 
 def test_splits_and_labels_from_the_files(dm):
     # painting test is present, clipart is not: only the present domain is evaluated
-    assert dm.eval_names == ["id_val", "ood_test", "ood_test_painting"]
+    assert dm.eval_names == ("id_val", "ood_test", "ood_test_painting")
     sizes = {n: len(dm.split(n)) for n in ["train", *dm.eval_names]}
     assert sizes == {"train": 6, "id_val": 3, "ood_test": 4, "ood_test_painting": 2}
     assert dm.split("train").labels.tolist() == [0, 0, 36, 36, 39, 6]
@@ -58,7 +59,7 @@ def test_label_must_agree_with_class_folder(domainnet_root, tmp_path):
 
 def test_wilds_layout(domainnet_wilds_root):
     dm = DomainNet(root=str(domainnet_wilds_root), num_workers=0)
-    assert dm.eval_names == ["id_val", "ood_test", "ood_test_clipart"]
+    assert dm.eval_names == ("id_val", "ood_test", "ood_test_clipart")
     sizes = {n: len(dm.split(n)) for n in ["train", *dm.eval_names]}
     assert sizes == {"train": 4, "id_val": 2, "ood_test": 3, "ood_test_clipart": 2}
     assert dm.split("train").labels.tolist() == [0, 36, 39, 6]
@@ -72,7 +73,7 @@ def test_wilds_layout(domainnet_wilds_root):
 def test_accuracy_per_domain_on_hand_predictions(dm):
     for name, preds, expected in (("ood_test", [0, 6, 0, 0], 0.5), ("ood_test_painting", [39, 39], 0.5)):
         ds = dm.split(name)
-        metric = dm.metric(name)
+        metric = metrics_for(dm, name)
         metric.update(torch.tensor(preds), ds.labels, ds.groups)
         assert float(metric.compute()["acc"]) == expected
 

@@ -6,7 +6,8 @@ import torch
 
 from formats import FMOW_ROWS, code, copy_tree
 from freeze_embed.data import FMoW, DataRootError, ImageReadError
-from freeze_embed.data.fmow import REGIONS, RegionAccuracy
+from freeze_embed.data.fmow import REGIONS
+from freeze_embed.metrics import metrics_for
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,7 @@ def test_africa_and_worst_region_on_hand_predictions(dm):
     labels, groups = test.labels, test.groups  # regions Africa x3, Asia, Europe, Other, Americas
     wrong = torch.tensor([False, True, False, False, False, True, False])  # Africa 2/3, Other 0/1, the rest right
     preds = torch.where(wrong, (labels + 1) % 62, labels)
-    metric = dm.metric("ood_test")
-    assert isinstance(metric, RegionAccuracy)
+    metric = metrics_for(dm, "ood_test")
     metric.update(preds, labels, groups)
     out = {k: round(float(v), 4) for k, v in metric.compute().items()}
     assert out == {"acc": round(5 / 7, 4), "acc_Asia": 1.0, "acc_Europe": 1.0, "acc_Africa": 0.6667,
@@ -85,7 +85,7 @@ def test_region_metric_sums_across_processes(dm):
     """Two processes' counts merged (as the DDP sum-reduction does) give the single-process numbers."""
     test = dm.split("ood_test")
     preds = torch.where(torch.tensor([False, True, False, False, False, True, False]), 0, test.labels)
-    whole, a, b = RegionAccuracy(), RegionAccuracy(), RegionAccuracy()
+    whole, a, b = (metrics_for(dm, "ood_test") for _ in range(3))
     whole.update(preds, test.labels, test.groups)
     a.update(preds[:3], test.labels[:3], test.groups[:3])
     b.update(preds[3:], test.labels[3:], test.groups[3:])

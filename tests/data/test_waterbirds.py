@@ -6,7 +6,7 @@ import torch
 
 from formats import code, copy_tree
 from freeze_embed.data import DataRootError, ImageReadError, Waterbirds
-from freeze_embed.metrics import GroupAccuracy
+from freeze_embed.metrics import GroupAccuracy, metrics_for
 
 
 @pytest.fixture(params=["wilds", "dro"])
@@ -22,7 +22,7 @@ def test_splits_labels_groups(dm):
     assert train.groups.tolist() == [0, 0, 0, 0, 1, 1, 2, 3, 3, 3]
     assert dm.split("test").groups.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert dm.train_group_counts() == [4, 2, 1, 3]
-    assert dm.eval_names == ["id_val", "test"] and dm.paper_epochs == 20
+    assert dm.eval_names == ("id_val", "test") and dm.paper_epochs == 20
 
 
 def test_reads_the_listed_file_and_transform(dm):
@@ -45,7 +45,7 @@ def test_weighted_id_and_worst_group_on_hand_predictions(dm):
     labels, groups = test.labels, test.groups  # 2 examples per group
     wrong = torch.tensor([False, False, True, False, True, True, False, False])  # group accs 1, 0.5, 0, 1
     preds = torch.where(wrong, 1 - labels, labels)
-    metric = dm.metric("test")
+    metric = metrics_for(dm, "test")
     metric.update(preds, labels, groups)
     out = {k: round(float(v), 6) for k, v in metric.compute().items()}
     assert out == {"acc": 0.625, "acc_landbird_land": 1.0, "acc_landbird_water": 0.5, "acc_waterbird_land": 0.0,
@@ -86,4 +86,4 @@ def test_worker_processes_load_and_name_a_bad_file(waterbirds_wilds, tmp_path):
     (root / "waterbirds_v1.0/014.Indigo_Bunting/Indigo_Bunting_0014.jpg").write_bytes(b"\x00" * 10)  # test row 0
     dm = Waterbirds(root=str(root), batch_size=4, num_workers=1)
     with pytest.raises(ImageReadError, match="Indigo_Bunting_0014.jpg"):
-        next(iter(dm._loader(dm.split("test"), shuffle=False)))
+        next(iter(dm.loader(dm.split("test"), shuffle=False)))

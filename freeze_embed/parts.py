@@ -1,6 +1,6 @@
-"""Show a backbone's anatomy and, with a strategy, the optimizer's param groups in every epoch.
+"""Show a backbone's parts (embed, blocks, head) and, with a strategy, the optimizer's param groups in every epoch.
 
-    python -m freeze_embed.inspect timm:vit_base_patch16_224 --strategy FreezeEmbed --epochs 3 [--json]
+    python -m freeze_embed.parts timm:vit_base_patch16_224 --strategy FreezeEmbed --epochs 3 [--json]
 
 Random weights by default (``--pretrained false``), so it works offline. Frozen parameters are in no group. The
 groups are the FineTuner's own (:meth:`~freeze_embed.module.FineTuner.groups_in_epoch`, the code that builds the
@@ -10,7 +10,6 @@ strategy's per-epoch factor, e.g. 41.7 in gradual unfreezing's first epoch).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from typing import Optional
@@ -20,20 +19,26 @@ from torch import nn
 
 from .anatomy import Anatomy, EmbedNotFound
 from .backbones import BackboneError
-from .strategies import Strategy
 
 
-def load_strategy(spec: Optional[str], init_args: Optional[dict] = None) -> Optional[Strategy]:
-    """``FreezeEmbed``, ``freeze_embed.strategies.FreezeEmbed`` or ``my_module.MyStrategy``."""
-    if not spec:
-        return None
-    module_name, _, cls_name = spec.rpartition(".")
-    module = importlib.import_module(module_name or "freeze_embed.strategies")
-    cls = getattr(module, cls_name, None)
-    if cls is None or not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise ValueError(f"'{spec}' is not a Strategy class; try one of freeze_embed.strategies.__all__ "
-                         "or a dotted path to your own subclass.")
-    return cls(**(init_args or {}))
+def build_module(backbone: str, strategy: Optional[str], strategy_args: dict, **model_args):
+    """The FineTuner, its strategy named as in YAML (``FreezeEmbed`` or a dotted path to a user's subclass) and
+    resolved by jsonargparse, as ``train.py`` resolves ``model.strategy``."""
+    from jsonargparse import ArgumentParser
+    from .module import FineTuner
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(FineTuner, "model", skip={"optimizer"})
+    model = {"backbone": backbone, **model_args}
+    if strategy:
+        model["strategy"] = {"class_path": strategy, "init_args": strategy_args}
+    try:
+        namespace = parser.parse_object({"model": model})
+    except Exception as err:  # noqa: BLE001 - jsonargparse's own message, in one line
+        raise ValueError(f"'{strategy}' is not a Strategy class with those arguments; try one of "
+                         "freeze_embed.strategies.__all__ or a dotted path to your own subclass "
+                         f"({' '.join(str(err).split())[:300]}).") from err
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return instantiate(namespace).model
 
 
 def _counter(named: dict[str, nn.Parameter]):
@@ -87,13 +92,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     pretrained = {"false": False, "true": True}.get(args.pretrained.lower(), args.pretrained)
     try:
-        from .module import FineTuner
-        strategy = load_strategy(args.strategy, yaml.safe_load(args.strategy_args))
-        module = FineTuner(args.backbone, pretrained, args.num_classes, strategy, embed=args.embed,
-                           embed_tokens=args.embed_tokens, backbone_kwargs=yaml.safe_load(args.backbone_kwargs))
+        module = build_module(args.backbone, args.strategy, yaml.safe_load(args.strategy_args), pretrained=pretrained,
+                              num_classes=args.num_classes, embed=args.embed, embed_tokens=args.embed_tokens,
+                              backbone_kwargs=yaml.safe_load(args.backbone_kwargs))
         named = dict(module.named_parameters())
         anatomy = module.anatomy
-        info = describe(module, strategy is not None, args.epochs)
+        info = describe(module, args.strategy is not None, args.epochs)
     except (BackboneError, EmbedNotFound, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,56 @@
+"""Reading the benchmarks' image files: ``(image, label, group)`` samples whose labels are known before any read.
+
+An unreadable image fails naming its file (never a bare PIL traceback), also inside DataLoader workers.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .errors import ImageReadError
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as RGB, or raise ImageReadError naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # convert() loads the pixels, so truncated files fail here, not later
+    except FileNotFoundError as err:
+        raise ImageReadError(f"Image file '{path}' is missing (listed in the split/metadata but not on disk); "
+                             "re-extract the dataset.") from err
+    except Exception as err:
+        raise ImageReadError(f"Cannot read image '{path}' ({type(err).__name__}: {err}): the file is corrupt or "
+                             "not an image; re-download or re-extract it.") from err
+
+
+class ImageSamples(Dataset):
+    """``(transform(image), label, group)`` for a list of image files.
+
+    Labels and groups are tensors known before any image is opened, so ``describe`` and the metrics' weights cost
+    no image reads. Subclasses read images from elsewhere by overriding ``load``.
+    """
+
+    def __init__(self, paths: Sequence[str], labels, groups=None, transform: Optional[Callable] = None):
+        self.paths = list(paths)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.groups = (torch.zeros_like(self.labels) if groups is None
+                       else torch.as_tensor(np.asarray(groups), dtype=torch.long))
+        self.transform = transform
+        if not (len(self.paths) == len(self.labels) == len(self.groups)):
+            raise ValueError("paths, labels and groups must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int) -> Image.Image:
+        return load_rgb(self.paths[i])
+
+    def __getitem__(self, i: int):
+        image = self.load(i)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[i]), int(self.groups[i])

@@ -1,0 +1,36 @@
+"""Learning-rate x seed sweeps, the paper's protocol (Section 4, Appendix A).
+
+    python -m freeze_embed.sweep --config configs/data/waterbirds.yaml --config configs/backbone/clip_vit_b16.yaml \\
+        --config configs/method/sgd_freeze_embed.yaml [train.py overrides] [--lrs paper] [--seeds 0 1 2] [--out DIR]
+
+Each (LR, seed) is one ``train.py fit`` subprocess in ``DIR/lr<lr>_seed<seed>/`` (its config, logs, checkpoints and
+results.json), so a crashing run does not stop the sweep. Runs with a results.json are skipped and runs with a
+last.ckpt resume from it: the same command finishes an interrupted sweep. The LR with the best mean ID validation
+accuracy wins; each run counts at its best epoch by ID validation (early stopping); DIR/summary.json gets the mean
++- 1.645 * std / sqrt(n) over seeds (Table 5's 90% CI), with the sample std (ddof=1; the paper does not say which).
+
+LR grids live with the methods: ``--lrs paper`` (the default) runs the composed config's ``method.lr_grid``, which
+each ``configs/method/*.yaml`` sets to the authors' grid (see :mod:`freeze_embed.methods`). The selection metric is
+the dataset's (``selection_metric`` of its datamodule, recorded in each run's results.json).
+
+One module per concern:
+
+* :mod:`.plan`: the LR grid, each run's config, the W&B group and ids;
+* :mod:`.run`: one run (:class:`Run`), its ``train.py`` command, :func:`execute` (``_call`` starts the process);
+* :mod:`.launchers`: many runs, here (threads, one per GPU) or on SLURM (submitit); no sweep logic;
+* :mod:`.summary`: the chosen LR and the 90% CIs (``summary.json``);
+* :mod:`.command`: the command line (``python -m freeze_embed.sweep``, :func:`main`).
+
+The names below are re-exported for convenience; to replace one in a test, patch the module that looks it up
+(e.g. ``freeze_embed.sweep.run._call``, ``freeze_embed.sweep.command.compose``), not this package.
+"""
+from .command import main, parse_args
+from .launchers import RunJob, devices_per_run, launch_local, launch_slurm, local_slots, slurm_parameters, visible_gpus
+from .plan import SweepError, default_group, resolve_lrs, run_config, wandb_id
+from .run import RUN_CONFIG, TRAIN_PY, Run, execute, prepare, read_results, train_command
+from .summary import format_summary, stats, summarize
+
+__all__ = ["main", "parse_args", "RunJob", "devices_per_run", "launch_local", "launch_slurm", "local_slots",
+           "slurm_parameters", "visible_gpus", "SweepError", "default_group", "resolve_lrs", "run_config", "wandb_id",
+           "RUN_CONFIG", "TRAIN_PY", "Run", "execute", "prepare", "read_results", "train_command", "format_summary",
+           "stats", "summarize"]
