@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
@@ -37,7 +37,6 @@ class Backbone:
     std: tuple
     library: str
     name: str
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

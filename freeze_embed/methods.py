@@ -58,5 +58,5 @@ def build_module(key: str, backbone: str, backbone_kwargs: Optional[dict] = None
                  "--data.init_args.train_size", "1", "--data.init_args.eval_size", "1"]  # benchmarks bring their own
     cli = build([DEMO_CONFIG, path(key)], overrides)
     module = cli.model
-    module.apply_plan(0)
+    module.freeze_for(0)
     return module.train(), module.make_optimizer(), cli.config.method.name

@@ -72,7 +72,7 @@ class FineTuner(L.LightningModule):
             setter(True)
         self.eval_names: list[str] = []
         self.eval_metrics = nn.ModuleDict()
-        self._trainable_now: set[str] = set(self.anatomy.names)
+        self._trained_now: set[str] = set(self.anatomy.names)
         self._in_optimizer: set[str] = set()
         self._drop_grads: list[nn.Parameter] = []
 
@@ -83,31 +83,32 @@ class FineTuner(L.LightningModule):
     # --- which parameters train --------------------------------------------------------------------------------
     @property
     def max_epochs(self) -> int:
-        """The trainer's, or ``planned_epochs`` before there is one (``inspect``, the benchmarks)."""
+        """The trainer's, or ``planned_epochs`` before there is one (``parts``, the benchmarks)."""
         epochs = self.trainer.max_epochs if self._trainer is not None else self.planned_epochs
         return epochs if epochs and epochs > 0 else 1
 
-    def plan(self, epoch: int) -> dict[str, float]:
-        return self.strategy.trainable(self.anatomy, epoch, self.max_epochs)
+    def trained_in(self, epoch: int) -> dict[str, float]:
+        """``{name: LR scale}`` trained in ``epoch`` (the words are defined in ``strategies/base.py``)."""
+        return self.strategy.trained_in(self.anatomy, epoch, self.max_epochs)
 
     def groups_in_epoch(self, epoch: int) -> list[tuple[float, list[str]]]:
         """``[(multiplier of the base LR, names)]`` trained in ``epoch``: the optimizer's groups and the strategy's
-        per-epoch factor, from the code training uses (``inspect`` prints this)."""
-        return group_names(self.plan(epoch), self.strategy.epoch_lr_factor(epoch, self.max_epochs))
+        per-epoch factor, from the code training uses (``parts`` prints this)."""
+        return group_names(self.trained_in(epoch), self.strategy.epoch_lr_factor(epoch, self.max_epochs))
 
-    def apply_plan(self, epoch: int) -> None:
-        """Set ``requires_grad`` for ``epoch``: only that epoch's trainable parameters get gradients.
+    def freeze_for(self, epoch: int) -> None:
+        """Set ``requires_grad`` for ``epoch``: only the parameters trained in that epoch get gradients.
 
         Under DDP every parameter the optimizer holds keeps ``requires_grad=True`` (DDP fixes the set of
         synchronised parameters when it wraps the model); those frozen this epoch have their gradients dropped
         before the step instead.
         """
-        self._trainable_now = set(self.plan(epoch))
+        self._trained_now = set(self.trained_in(epoch))
         distributed = self._trainer is not None and self.trainer.world_size > 1
         self._drop_grads = []
         for name, p in self.named_parameters():
-            p.requires_grad_(name in self._trainable_now or (distributed and name in self._in_optimizer))
-            if p.requires_grad and name not in self._trainable_now:
+            p.requires_grad_(name in self._trained_now or (distributed and name in self._in_optimizer))
+            if p.requires_grad and name not in self._trained_now:
                 self._drop_grads.append(p)
         self.train(self.training)  # re-apply eval mode to frozen norm layers
 
@@ -118,7 +119,7 @@ class FineTuner(L.LightningModule):
             for name, module in self.named_modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     params = {f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
-                    if params and not (params & self._trainable_now):
+                    if params and not (params & self._trained_now):
                         module.eval()
         return self
 
@@ -131,15 +132,15 @@ class FineTuner(L.LightningModule):
             metrics = {name: metrics_for(dm, name) for name in self.eval_names}
         self.eval_metrics = nn.ModuleDict(metrics)
         if stage == "fit":
-            self._in_optimizer = set(self.optimizer_plan())
-            self.apply_plan(0)
+            self._in_optimizer = set(self.ever_trained())
+            self.freeze_for(0)
 
-    def optimizer_plan(self) -> dict[str, float]:
+    def ever_trained(self) -> dict[str, float]:
         """``{name: lr_scale}`` of every parameter any epoch trains: the optimizer holds these from the start, so
         its groups (and a checkpoint's optimizer state) stay the same when gradual unfreezing adds blocks."""
         union: dict[str, float] = {}
         for epoch in range(self.max_epochs):
-            for name, scale in self.plan(epoch).items():
+            for name, scale in self.trained_in(epoch).items():
                 if union.setdefault(name, scale) != scale:
                     raise ValueError(f"{type(self.strategy).__name__} gives '{name}' LR scale {union[name]} and "
                                      f"{scale} in different epochs; use epoch_lr_factor for per-epoch LR changes.")
@@ -148,7 +149,7 @@ class FineTuner(L.LightningModule):
         return union
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer_factory, param_groups(dict(self.named_parameters()), self.optimizer_plan()))
+        return build_optimizer(self.optimizer_factory, param_groups(dict(self.named_parameters()), self.ever_trained()))
 
     def configure_optimizers(self):
         """The LR multiplier: per-epoch schedules run on the trainer's epoch clock (Lightning steps them once at the
@@ -156,7 +157,7 @@ class FineTuner(L.LightningModule):
         T = self.max_epochs
         optimizer = self.make_optimizer()
         own = self.strategy.epoch_lr_factor
-        if not self.strategy.trains_steps:
+        if not self.strategy.takes_steps:
             schedule, interval = (lambda epoch: 0.0), "epoch"
         elif own(0, T) is not None:
             schedule, interval = (lambda epoch: own(min(epoch, T - 1), T)), "epoch"
@@ -192,8 +193,8 @@ class FineTuner(L.LightningModule):
         self.strategy.on_fit_start(self)
 
     def on_train_epoch_start(self) -> None:
-        self.apply_plan(self.current_epoch)
-        trainable = sum(p.numel() for n, p in self.named_parameters() if n in self._trainable_now)
+        self.freeze_for(self.current_epoch)
+        trainable = sum(p.numel() for n, p in self.named_parameters() if n in self._trained_now)
         total = sum(p.numel() for p in self.parameters())
         self.log_dict({"params/trainable": float(trainable), "params/frozen": float(total - trainable)},
                       on_step=False, on_epoch=True, sync_dist=False)
@@ -210,7 +211,7 @@ class FineTuner(L.LightningModule):
     # --- steps ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int):
         x, y = batch[0], batch[1]
-        if not self.strategy.trains_steps:
+        if not self.strategy.takes_steps:
             # A logistic-regression probe trains no step. DDP refuses a skipped step (None), so the step is a zero
             # loss at LR 0 (configure_optimizers): no parameter moves, and epochs, checkpoints and DDP run as usual.
             return self(x).sum() * 0.0

@@ -36,7 +36,7 @@ class AdamW(torch.optim.AdamW):
 
 def group_names(plan: dict[str, float], epoch_factor: Optional[float] = None) -> list[tuple[float, list[str]]]:
     """``[(lr_scale, names)]``, one group per LR scale, largest first: the one grouping the optimizer gets and
-    ``inspect`` shows. With ``epoch_factor`` (a strategy's per-epoch LR factor), each scale is multiplied by it:
+    ``parts`` shows. With ``epoch_factor`` (a strategy's per-epoch LR factor), each scale is multiplied by it:
     the multiplier of the base LR those parameters really get in that epoch."""
     groups: dict[float, list[str]] = {}
     for name, scale in plan.items():

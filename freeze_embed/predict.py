@@ -20,9 +20,7 @@ AnanyaKumar/transfer_learning, their ``ood_val``/``ood_test`` renamed ``val``/``
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -30,7 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .cli import FreezeEmbedCLI, exit_on_user_error
+from .cli import exit_on_user_error
+from .config import build
 from .data import camelyon, fmow
 from .errors import FreezeEmbedError
 
@@ -49,14 +48,6 @@ def wilds_of(cls: type) -> tuple[str, dict]:
     raise PredictError(f"{cls.__name__} is not a WILDS leaderboard dataset: predict exports only "
                        f"{' and '.join(c.__name__ for c in WILDS)} (give --config configs/data/fmow.yaml or "
                        f"configs/data/camelyon17.yaml).")
-
-
-class _PredictCLI(FreezeEmbedCLI):
-    def before_instantiate_classes(self) -> None:
-        """Refuse other data before the model is built (a backbone's weights may be a download)."""
-        super().before_instantiate_classes()
-        module, _, name = str(self.config["data"]["class_path"]).rpartition(".")
-        wilds_of(getattr(importlib.import_module(module), name))
 
 
 def load_weights(model: torch.nn.Module, path: str) -> int:
@@ -90,11 +81,9 @@ def export(cli_args: Sequence[str], ckpt_path: str, out: str, seed: int, epoch: 
     if not os.path.isfile(ckpt_path):
         raise PredictError(f"Checkpoint '{ckpt_path}' does not exist: give a .ckpt file train.py wrote "
                            "(e.g. <run_dir>/checkpoints/best-epoch02.ckpt).")
-    # Nothing is trained or logged here: no logger (no empty log folder per export), and no pretrained weights to
-    # load or download, since the checkpoint's replace them all.
-    with warnings.catch_warnings():  # Lightning warns whenever args= is given while sys.argv has arguments too
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = _PredictCLI(args=[*cli_args, "--trainer.logger", "false", "--model.pretrained", "false"], run=False)
+    # Built by train.py's parser. Nothing is trained or logged here: no logger (no empty log folder per export), and
+    # no pretrained weights to load or download, since the checkpoint's replace them all.
+    cli = build([], [*cli_args, "--trainer.logger", "false", "--model.pretrained", "false"])
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     dataset_name, splits = wilds_of(type(dm))
     ckpt_epoch = load_weights(model, ckpt_path)

@@ -154,7 +154,7 @@ def probe_head(module, Cs: Sequence[float] = PAPER_C_GRID, cache_dir: Optional[s
     Returns plain Python: ``C``, ``select_on``, ``val_acc`` (on ``select_on``) and ``id_val_acc``.
     """
     trainer, dm = module.trainer, module.trainer.datamodule
-    key = f"{module.hparams.backbone}|{module.hparams.pretrained}|{type(dm).__name__}|{getattr(dm, 'root', '')}"
+    key = f"{module.hparams.backbone}|{module.hparams.pretrained}|{type(dm).__name__}|{dm.root}"
     names = [dm.train_split, select_on] + (["id_val"] if select_on != "id_val" and "id_val" in dm.eval_names else [])
     feats = {n: split_features(module, n, key, cache_dir) for n in dict.fromkeys(names)}
     group, fit, failure = _waiting_group(trainer), None, None

@@ -13,6 +13,7 @@ def anatomy_of(spec, **kwargs):
     return resolve_anatomy(b, nn.Linear(b.num_features, 3)), b
 
 
+@pytest.mark.slow
 def test_clip_vit_open_clip_embed_is_conv1_and_ln_pre():
     a, b = anatomy_of("open_clip:ViT-B-16")
     assert a.embed == ["backbone.conv1.weight", "backbone.ln_pre.weight", "backbone.ln_pre.bias"]

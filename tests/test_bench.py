@@ -62,6 +62,7 @@ def test_json_schema(monkeypatch, capsys):
     assert out["methods"]["adamw"]["state_bytes"] > out["methods"]["sgd_freeze_embed"]["state_bytes"]
 
 
+@pytest.mark.slow
 def test_each_method_runs_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-m", "freeze_embed.bench.memory", *ARGS, "--methods", "sgd_freeze_embed_no_momentum",
                           "--steps", "2", "--json"], capture_output=True, text=True, cwd=ROOT, check=True).stdout

@@ -69,6 +69,7 @@ def subset(expected: dict, actual: dict) -> None:
             assert actual[key] == value, f"{key}: {actual[key]!r} != {value!r}"
 
 
+@pytest.mark.slow
 def test_every_method_file_is_checked_and_named():
     files = {p.stem for p in (ROOT / "configs/method").glob("*.yaml")}
     assert files == set(EXPECTED)
@@ -129,6 +130,7 @@ def test_bad_override_is_a_clear_error():
         compose([ROOT / "configs/demo.yaml"], ["--model.no_such_option", "1"])
 
 
+@pytest.mark.slow
 def test_wandb_file_logs_offline(tmp_path, monkeypatch):
     """configs/wandb.yaml on the demo for one tiny epoch (WANDB_MODE=offline from conftest): a local W&B run."""
     import wandb

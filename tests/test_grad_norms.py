@@ -63,7 +63,7 @@ def test_values_equal_a_hand_computed_loop():
 
 def test_no_update_and_flags_restored():
     module = tiny_vit(strategy=FreezeEmbed())
-    module.apply_plan(0)  # embed frozen, as training sets it
+    module.freeze_for(0)  # embed frozen, as training sets it
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     flags = {n: p.requires_grad for n, p in module.named_parameters()}
     df = gn.grad_norms(module, batches(1), device="cpu", progress=False)

@@ -88,7 +88,7 @@ class _Identity(nn.Module):
 
 
 class _DM:
-    train_split, eval_names = "train", ["id_val", "ood_val"]
+    train_split, eval_names, root = "train", ["id_val", "ood_val"], "/fake"
 
     def __init__(self, splits):
         self.splits = splits
@@ -196,6 +196,7 @@ def _fit_metric(run, key):
         return next(float(row[key]) for row in csv.DictReader(f) if row.get(key))
 
 
+@pytest.mark.slow
 def test_two_process_ddp_probe_equals_single_process(tmp_path):
     """63 training and 33 validation images: the two ranks' shards differ and are uneven. The paper's probe trains
     no step (``train_head: false``), which DDP runs too: the checkpointed head is exactly the probed one."""

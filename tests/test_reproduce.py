@@ -23,6 +23,7 @@ def _lr_per_step(tmp_path, extra):
     return df.dropna(subset=[col])[["step", col]].rename(columns={col: "lr"})
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_lr_follows_the_epoch_clock(tmp_path):
     """3 batches per epoch, 8 steps in all: the LR factor of every step is its epoch's, as the freezing is."""
     df = _lr_per_step(tmp_path, ["--model.strategy", "freeze_embed.strategies.GradualUnfreeze",
@@ -33,6 +34,7 @@ def test_gradual_unfreezing_lr_follows_the_epoch_clock(tmp_path):
         assert lr == pytest.approx(0.01 * math.exp(3.73 * (1 - epoch / 2))), step
 
 
+@pytest.mark.slow
 def test_cosine_per_epoch_is_the_authors_schedule(tmp_path):
     """lr_schedule cosine_per_epoch = CosineAnnealingLR(T_max=epochs) stepped once per epoch."""
     df = _lr_per_step(tmp_path, ["--model.lr_schedule", "cosine_per_epoch", "--trainer.log_every_n_steps", "1"])
@@ -71,6 +73,7 @@ def test_data_root_is_checked_before_the_model_is_built(tmp_path, capsys, monkey
     assert last.startswith("error: Waterbirds data not found at") and "download: true" in last
 
 
+@pytest.mark.slow
 def test_offline_download_is_one_sentence(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"))
     args = tiny_demo_args(tmp_path, epochs=1, extra=["--model.backbone", "timm:vit_tiny_patch16_224.augreg_in21k",
@@ -101,7 +104,7 @@ def test_clip_gradual_unfreezing_trains_proj_with_the_head_and_ln_post_with_the_
     a = _tiny_open_clip()
     assert a.proj == ["backbone.proj"]
     s, T = GradualUnfreeze(), 5  # L = 4 blocks: 0, 1, 2, 3, 4 unfrozen
-    trained = [set(s.trainable(a, t, T)) for t in range(T)]
+    trained = [set(s.trained_in(a, t, T)) for t in range(T)]
     assert trained[0] == {"backbone.proj", "head.weight", "head.bias"}
     assert {"backbone.ln_post.weight", "backbone.ln_post.bias"} <= trained[1]
     assert "backbone.transformer.resblocks.3.attn.in_proj_weight" in trained[1]

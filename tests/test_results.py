@@ -98,6 +98,7 @@ def test_cli_finds_summaries_below_dirs(tmp_path, capsys):
         results.main([str(tmp_path / "empty")])
 
 
+@pytest.mark.slow
 def test_results_notebook_runs(tmp_path, monkeypatch):
     """notebooks/results_tables.ipynb on its built-in example summaries (no sweeps needed), in seconds."""
     import nbformat

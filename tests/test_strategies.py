@@ -24,7 +24,7 @@ def vit():
 
 def groups(strategy, anatomy, epoch=0, epochs=1):
     """What the optimizer gets in ``epoch``: the grouping training uses, with the strategy's epoch factor."""
-    plan = strategy.trainable(anatomy, epoch, epochs)
+    plan = strategy.trained_in(anatomy, epoch, epochs)
     return [(s, sorted(names)) for s, names in group_names(plan, strategy.epoch_lr_factor(epoch, epochs))]
 
 
@@ -69,7 +69,7 @@ def test_gradual_unfreeze_blocks_and_multipliers(vit):
     # L = 12 blocks over T = 5 epochs: 0, 3, 6, 9, 12 blocks; embed never trains.
     assert [s.num_unfrozen_blocks(12, t, 5) for t in range(5)] == [0, 3, 6, 9, 12]
     assert [s.num_unfrozen_blocks(12, t, 4) for t in range(4)] == [0, 4, 8, 12]
-    assert not set(vit.embed) & set(s.trainable(vit, T - 1, T))
+    assert not set(vit.embed) & set(s.trained_in(vit, T - 1, T))
 
 
 def test_linear_probe_and_lp_ft(vit):

@@ -252,6 +252,7 @@ def test_slurm_job_parameters(tmp_path, monkeypatch):
 
 
 # --- the real thing -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_tiny_demo_sweep_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     """2 LRs x 1 seed of 1 tiny epoch through train.py subprocesses; then an interrupted run resumes."""
     out = tmp_path / "sweep"

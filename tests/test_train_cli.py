@@ -46,6 +46,7 @@ def reevaluate(ckpt) -> dict[str, float]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_fit_then_test_best_and_last(tmp_path, name):
     run_cli(tiny_demo_args(tmp_path, extra=STRATEGIES[name]))
@@ -73,6 +74,7 @@ def test_fit_then_test_best_and_last(tmp_path, name):
     assert "optimizer/state_bytes" in metrics and "params/trainable" in metrics
 
 
+@pytest.mark.slow
 def test_linear_probe_fits_the_head_by_logistic_regression(tmp_path):
     run_cli(tiny_demo_args(tmp_path, epochs=1, extra=STRATEGIES["linear_probe"]))
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
@@ -82,6 +84,7 @@ def test_linear_probe_fits_the_head_by_logistic_regression(tmp_path):
     assert results(tmp_path)["best"]["best/id_val/acc"] > 0.5  # a probe on orientation features beats chance (0.25)
 
 
+@pytest.mark.slow
 def test_test_subcommand_on_a_checkpoint(tmp_path):
     """``train.py test`` logs test/... (no best/ or last/ left over) and exactly the numbers fit reported."""
     from freeze_embed.cli import FreezeEmbedCLI
@@ -94,6 +97,7 @@ def test_test_subcommand_on_a_checkpoint(tmp_path):
     assert {f"last/{k[len('test/'):]}": v for k, v in logged.items()} == results(tmp_path)["last"]
 
 
+@pytest.mark.slow
 def test_user_strategy_subclass_named_in_yaml(tmp_path):
     cfg = tmp_path / "mine.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"strategy": {"class_path": "my_strategies.FreezeEmbedAndFirstBlock"}}}))
@@ -113,6 +117,7 @@ RESUMED = {  # every strategy; the probe ones fit their head once per run, which
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(RESUMED))
 def test_resume_after_crash_gives_the_same_weights_and_metrics(tmp_path, name):
     """Resuming must not refit a probe on the fine-tuned backbone (overwriting the trained head), nor lose RNG or
@@ -156,6 +161,7 @@ class RecordPrecision(L.Callback):
         self.after = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_bf16_mixed_step_on_cpu(tmp_path):
     """bf16-mixed really runs the step in bfloat16 (CPU autocast), keeps float32 weights, and updates them."""
     from freeze_embed.cli import FreezeEmbedCLI
@@ -196,6 +202,7 @@ def test_checkpoint_that_does_not_fit_is_one_sentence(tmp_path, capsys):
     assert "does not fit backbone 'timm:vit_tiny_patch16_224'" in msg
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_with_freeze_embed(tmp_path):
     """gloo DDP: frozen parameters do not break it, and metrics count each example exactly once."""
     args = tiny_demo_args(tmp_path, extra=["--trainer.strategy", "ddp", "--trainer.devices", "2",

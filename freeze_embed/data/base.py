@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import normalization
+from ..paper import SELECTION_METRIC
 
 
 class ShiftDataModule(L.LightningDataModule):
@@ -56,7 +57,7 @@ class ShiftDataModule(L.LightningDataModule):
     worst_group_name: str = "worst_group_acc"
     id_metric: str = "id_val/acc"
     ood_metric: str = "ood_test/acc"
-    selection_metric: str = "id_val/acc"
+    selection_metric: str = SELECTION_METRIC  # picks the epoch (checkpoint) and the LR (sweep); Section 4
     paper_epochs: Optional[int] = None
 
     def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 2,

@@ -1,20 +1,25 @@
-"""The one base class every freezing strategy subclasses.
+"""The one base class every freezing strategy subclasses, and the words the code uses for what it does.
 
-A strategy only answers "which parameters train, at what LR scale, in epoch t of T"; the FineTuner turns the answer
-into optimizer param groups, ``requires_grad`` flags and the LR schedule. Override any of these hooks:
+Vocabulary (the same words in the strategies, the FineTuner, ``parts`` and the tests):
 
-* ``frozen(anatomy)``: parameter names frozen for the whole run (default: none);
-* ``lr_scales(anatomy)``: ``{name: scale}`` multiplying the base LR of some parameters (default: all 1);
-* ``trainable(anatomy, epoch, max_epochs)``: ``{name: lr_scale}`` trained in that epoch; the default combines the
-  two hooks above, and per-epoch strategies (gradual unfreezing) override it;
-* ``epoch_lr_factor(epoch, max_epochs)``: a per-epoch LR multiplier that replaces the cosine schedule; ``None``
-  (default) keeps the paper's cosine decay to 0 over all steps (Appendix A);
+* **frozen**: never trained in this run (``requires_grad=False``, in no optimizer group, no optimizer state);
+* **LR scale**: the multiplier of the base LR a parameter gets in its optimizer group (EmbedLRScale's 0.2);
+* **trained in epoch t**: ``{name: LR scale}`` of the parameters that get gradients in epoch t of T;
+* **epoch LR factor**: a per-epoch multiplier of every group's LR that replaces the cosine (gradual unfreezing);
+* **takes steps**: whether training takes gradient steps at all (a logistic-regression probe does not).
+
+A strategy only answers these questions; the FineTuner does the side effects (``freeze_for(epoch)`` sets the flags,
+``ever_trained()`` is what the optimizer holds, ``groups_in_epoch(epoch)`` what ``parts`` shows). Hooks to override:
+
+* ``frozen(anatomy)``: names frozen for the whole run (default: none);
+* ``lr_scales(anatomy)``: ``{name: LR scale}`` for parameters not at 1 (default: none);
+* ``trained_in(anatomy, epoch, max_epochs)``: the default combines the two hooks above; per-epoch strategies
+  (gradual unfreezing) override it;
+* ``epoch_lr_factor(epoch, max_epochs)``: ``None`` (default) keeps the paper's cosine decay to 0 (Appendix A);
 * ``on_fit_start(module)``: work before the first step (linear probing fits the head here);
 * ``state_dict()`` / ``load_state_dict(state)``: what such work leaves behind that a resumed run must not redo
-  (the FineTuner saves it in every checkpoint and restores it before ``on_fit_start``; default: nothing).
-
-Frozen parameters get ``requires_grad=False`` and are handed to no optimizer group, so they hold no optimizer state.
-The optimizer's groups (one per LR scale) are built from ``trainable`` by :func:`freeze_embed.optim.param_groups`.
+  (the FineTuner saves it in every checkpoint and restores it before ``on_fit_start``; default: nothing);
+* ``takes_steps``: ``False`` when all fitting happens in ``on_fit_start``.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ class Strategy:
     def lr_scales(self, anatomy: Anatomy) -> dict[str, float]:
         return {}
 
-    def trainable(self, anatomy: Anatomy, epoch: int, max_epochs: int) -> dict[str, float]:
+    def trained_in(self, anatomy: Anatomy, epoch: int, max_epochs: int) -> dict[str, float]:
         frozen, scales = set(self.frozen(anatomy)), self.lr_scales(anatomy)
         return {n: float(scales.get(n, 1.0)) for n in anatomy.names if n not in frozen}
 
@@ -52,7 +57,7 @@ class Strategy:
         pass
 
     @property
-    def trains_steps(self) -> bool:
+    def takes_steps(self) -> bool:
         """False for strategies whose fitting happens in ``on_fit_start`` only (logistic-regression probing)."""
         return True
 

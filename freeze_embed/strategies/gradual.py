@@ -31,7 +31,7 @@ class GradualUnfreeze(Strategy):
     def num_unfrozen_blocks(self, num_blocks: int, epoch: int, max_epochs: int) -> int:
         return int(self._progress(epoch, max_epochs) * num_blocks)
 
-    def trainable(self, anatomy: Anatomy, epoch: int, max_epochs: int) -> dict[str, float]:
+    def trained_in(self, anatomy: Anatomy, epoch: int, max_epochs: int) -> dict[str, float]:
         k = self.num_unfrozen_blocks(len(anatomy.blocks), epoch, max_epochs)
         names = [n for block in anatomy.blocks[len(anatomy.blocks) - k:] for n in block]
         names += [n for n in anatomy.proj if n not in names] + anatomy.head

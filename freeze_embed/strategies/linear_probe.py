@@ -50,5 +50,5 @@ class LinearProbe(Strategy):
         self.probe_result = dict(state.get("probe_result") or {})
 
     @property
-    def trains_steps(self) -> bool:
+    def takes_steps(self) -> bool:
         return self.train_head or not self.logreg

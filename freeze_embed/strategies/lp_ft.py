@@ -21,8 +21,8 @@ class LPFT(Strategy):
         self.finetune = finetune if finetune is not None else FullFineTune()
         self.probe = probe if probe is not None else LinearProbe(logreg=True)
 
-    def trainable(self, anatomy: Anatomy, epoch: int, max_epochs: int) -> dict[str, float]:
-        return self.finetune.trainable(anatomy, epoch, max_epochs)
+    def trained_in(self, anatomy: Anatomy, epoch: int, max_epochs: int) -> dict[str, float]:
+        return self.finetune.trained_in(anatomy, epoch, max_epochs)
 
     def epoch_lr_factor(self, epoch: int, max_epochs: int):
         return self.finetune.epoch_lr_factor(epoch, max_epochs)

@@ -52,6 +52,7 @@ def test_describe_json(fixture, request, capsys):
     assert json.loads(capsys.readouterr().out) == expected
 
 
+@pytest.mark.slow
 def test_describe_command_line(waterbirds_dro):
     """The command as the issue writes it (``--data.root``), in a fresh process, plain output."""
     cmd = [sys.executable, "-m", "freeze_embed.data.describe", "--config", "configs/data/waterbirds.yaml",
