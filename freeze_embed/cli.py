@@ -64,6 +64,9 @@ class FreezeEmbedCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         run_dir = config.get("run_dir")
+        if config.get("model", {}).get("optimizer_in_backward"):  # what was asked, before Lightning rewrites it
+            from .in_backward import check_precision
+            check_precision(config.get("trainer", {}).get("precision"))
         for key in ("checkpoint", "last_checkpoint"):
             if run_dir and not config[key].get("dirpath"):
                 config[key]["dirpath"] = os.path.join(run_dir, "checkpoints")

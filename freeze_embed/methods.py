@@ -12,8 +12,18 @@ from typing import Optional, Sequence
 
 from .config import CONFIGS, DEMO_CONFIG, ConfigError, build, compose
 
-__all__ = ["ConfigError", "compose", "build", "path", "keys", "load", "build_module", "Method"]
+__all__ = ["ConfigError", "compose", "build", "path", "keys", "load", "build_module", "Method", "split_key",
+           "IN_BACKWARD"]
 METHOD_DIR = CONFIGS / "method"
+# A benchmark key ``<key>_in_backward`` is method ``<key>`` with ``--model.optimizer_in_backward true``.
+IN_BACKWARD = "_in_backward"
+
+
+def split_key(key: str) -> tuple[str, bool]:
+    """(method file key, whether the optimizer steps in backward) of a benchmark key."""
+    if key.endswith(IN_BACKWARD) and key not in keys():
+        return key[: -len(IN_BACKWARD)], True
+    return key, False
 
 
 def path(key: str) -> Path:
@@ -46,17 +56,24 @@ def load(key: str, configs: Sequence[str] = (DEMO_CONFIG,), overrides: Sequence[
 
 
 def build_module(key: str, backbone: str, backbone_kwargs: Optional[dict] = None, grad_checkpointing: bool = False,
-                 pretrained=False, num_classes: int = 10):
+                 pretrained=False, num_classes: int = 10, in_backward: bool = False):
     """(FineTuner of method ``key`` in train mode with epoch 0's ``requires_grad`` flags, its optimizer, the method's
     name), as ``fit`` sets them up: for the benchmarks, which measure exactly what training does. The demo config
-    supplies the data; ``num_classes`` sizes the head as a dataset with that many classes would."""
+    supplies the data; ``num_classes`` sizes the head as a dataset with that many classes would. ``in_backward``
+    (or a key ending in ``_in_backward``) steps in backward: the optimizer is then the aggregate whose ``step`` does
+    nothing (:mod:`freeze_embed.in_backward`), and the name gets " (in backward)"."""
     import json
+    key, suffixed = split_key(key)
+    in_backward = in_backward or suffixed
     overrides = ["--model.backbone", backbone, "--model.pretrained", json.dumps(pretrained),
                  "--model.backbone_kwargs", json.dumps(backbone_kwargs or {}),
                  "--model.grad_checkpointing", json.dumps(grad_checkpointing),
                  "--data.init_args.num_classes", str(num_classes),  # the demo data, shrunk to nothing: the
-                 "--data.init_args.train_size", "1", "--data.init_args.eval_size", "1"]  # benchmarks bring their own
+                 "--data.init_args.train_size", "1", "--data.init_args.eval_size", "1",  # benchmarks bring their own
+                 "--model.optimizer_in_backward", json.dumps(in_backward)]
     cli = build([DEMO_CONFIG, path(key)], overrides)
     module = cli.model
+    optimizer = module.make_optimizer()  # in backward: attached to the parameters, and gated from freeze_for on
     module.freeze_for(0)
-    return module.train(), module.make_optimizer(), cli.config.method.name
+    name = cli.config.method.name + (" (in backward)" if in_backward else "")
+    return module.train(), optimizer, name

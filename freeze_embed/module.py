@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .anatomy import resolve_anatomy
 from .backbones import create_backbone
+from . import in_backward
 from .metrics import GroupAccuracy, metrics_for
 from .optim import SGD, build_optimizer, cosine_factor, group_names, optimizer_state_bytes, param_groups
 from .strategies import FullFineTune, Strategy
@@ -47,6 +48,9 @@ class FineTuner(L.LightningModule):
             ``cosine_per_epoch`` is what the authors ran: ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch
             (``configs/adaptation/*.yaml`` in AnanyaKumar/transfer_learning). A strategy with its own per-epoch
             factor (gradual unfreezing) replaces either.
+        optimizer_in_backward: step each parameter inside backward as soon as its gradient is complete, then free
+            the gradient (:mod:`freeze_embed.in_backward`: the same weights, less memory; no 16-mixed, gradient
+            clipping or accumulation).
     """
 
     def __init__(self, backbone: str = "timm:vit_base_patch16_224.augreg_in21k",
@@ -54,7 +58,8 @@ class FineTuner(L.LightningModule):
                  optimizer: OptimizerCallable = SGD, embed: Optional[Sequence[str]] = None,
                  embed_tokens: bool = False, backbone_kwargs: Optional[dict[str, Any]] = None,
                  grad_checkpointing: bool = False,
-                 lr_schedule: Literal["cosine_per_step", "cosine_per_epoch"] = "cosine_per_step"):
+                 lr_schedule: Literal["cosine_per_step", "cosine_per_epoch"] = "cosine_per_step",
+                 optimizer_in_backward: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["strategy", "optimizer"])
         built = create_backbone(backbone, pretrained, **(backbone_kwargs or {}))
@@ -75,6 +80,11 @@ class FineTuner(L.LightningModule):
         self._trained_now: set[str] = set(self.anatomy.names)
         self._in_optimizer: set[str] = set()
         self._drop_grads: list[nn.Parameter] = []
+        # In backward, the step happens in autograd hooks: Lightning only runs backward and counts the step.
+        self.optimizer_in_backward = optimizer_in_backward
+        self.automatic_optimization = not optimizer_in_backward
+        self._in_backward: Optional[in_backward.InBackward] = None
+        self._peak_grad_bytes = 0
 
     # --- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,6 +120,8 @@ class FineTuner(L.LightningModule):
             p.requires_grad_(name in self._trained_now or (distributed and name in self._in_optimizer))
             if p.requires_grad and name not in self._trained_now:
                 self._drop_grads.append(p)
+        if self._in_backward is not None:
+            self._in_backward.set_trained(self._trained_now)  # DDP steps every parameter it holds: gate the rest
         self.train(self.training)  # re-apply eval mode to frozen norm layers
 
     def train(self, mode: bool = True):
@@ -133,6 +145,8 @@ class FineTuner(L.LightningModule):
         self.eval_metrics = nn.ModuleDict(metrics)
         if stage == "fit":
             self._in_optimizer = set(self.ever_trained())
+            if self.optimizer_in_backward:
+                self.make_optimizer()  # once per fit, before configure_optimizers, which DDP may need (use_ddp)
             self.freeze_for(0)
 
     def ever_trained(self) -> dict[str, float]:
@@ -149,13 +163,20 @@ class FineTuner(L.LightningModule):
         return union
 
     def make_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer_in_backward:
+            if self._in_backward is not None:
+                self._in_backward.detach()  # a second fit (or benchmark) attaches anew
+            self._in_backward = in_backward.InBackward(dict(self.named_parameters()), self.ever_trained(),
+                                                       self.optimizer_factory)
+            return self._in_backward
         return build_optimizer(self.optimizer_factory, param_groups(dict(self.named_parameters()), self.ever_trained()))
 
-    def configure_optimizers(self):
-        """The LR multiplier: per-epoch schedules run on the trainer's epoch clock (Lightning steps them once at the
-        end of each epoch), so gradual unfreezing's LR factor and its freezing always agree on the epoch."""
+    def lr_schedule_fn(self):
+        """(multiplier of each group's LR as a function of the clock, ``"step"`` or ``"epoch"``): the one schedule,
+        which ``LambdaLR`` runs in the standard step and :meth:`training_step` applies in backward. Per-epoch
+        schedules run on the trainer's epoch clock (Lightning steps them once at the end of each epoch), so gradual
+        unfreezing's LR factor and its freezing always agree on the epoch."""
         T = self.max_epochs
-        optimizer = self.make_optimizer()
         own = self.strategy.epoch_lr_factor
         if not self.strategy.takes_steps:
             schedule, interval = (lambda epoch: 0.0), "epoch"
@@ -166,6 +187,17 @@ class FineTuner(L.LightningModule):
         else:
             total = max(int(self.trainer.estimated_stepping_batches), 1)
             schedule, interval = (lambda step: cosine_factor(step, total)), "step"
+        return schedule, interval
+
+    def configure_optimizers(self):
+        self._schedule = self.lr_schedule_fn()
+        if self.optimizer_in_backward:
+            model = self.trainer.strategy.model  # DDP wrapped it already and has not run a forward yet
+            if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                self._in_backward.use_ddp(model)
+            return self._in_backward  # built in setup; its LR is set before each step (training_step)
+        schedule, interval = self._schedule
+        optimizer = self.make_optimizer()
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": interval}}
 
     # --- exact resume: what is not weights travels with the checkpoint -----------------------------------------
@@ -199,7 +231,15 @@ class FineTuner(L.LightningModule):
         self.log_dict({"params/trainable": float(trainable), "params/frozen": float(total - trainable)},
                       on_step=False, on_epoch=True, sync_dist=False)
 
+    def configure_callbacks(self):
+        # The first hook of fit, before Lightning checks manual optimization with its own, less helpful, message.
+        if self.optimizer_in_backward and self.trainer.state.fn == "fit":
+            in_backward.check_trainer(self.trainer)
+        return []
+
     def on_before_optimizer_step(self, optimizer) -> None:
+        held = sum(p.grad.numel() * p.grad.element_size() for p in self.parameters() if p.grad is not None)
+        self._peak_grad_bytes = max(self._peak_grad_bytes, held)  # the standard step holds them all at once
         for p in self._drop_grads:
             p.grad = None
 
@@ -207,6 +247,8 @@ class FineTuner(L.LightningModule):
         optimizer = self.optimizers()
         optimizer = getattr(optimizer, "optimizer", optimizer)
         self.log("optimizer/state_bytes", float(optimizer_state_bytes(optimizer)), on_epoch=True)
+        peak = self._in_backward.grad_bytes.peak if self._in_backward is not None else self._peak_grad_bytes
+        self.log("optimizer/peak_grad_bytes", float(peak), on_epoch=True)
 
     # --- steps ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int):
@@ -214,11 +256,24 @@ class FineTuner(L.LightningModule):
         if not self.strategy.takes_steps:
             # A logistic-regression probe trains no step. DDP refuses a skipped step (None), so the step is a zero
             # loss at LR 0 (configure_optimizers): no parameter moves, and epochs, checkpoints and DDP run as usual.
-            return self(x).sum() * 0.0
+            return self._in_backward_step(self(x).sum() * 0.0)
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, on_epoch=True, prog_bar=True)
+        return self._in_backward_step(loss)
+
+    def _in_backward_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """With ``optimizer_in_backward``: the schedule's LR now, then backward (which steps every parameter), then
+        the aggregate's no-op step, which Lightning counts as the global step (checkpoints and the clock need it)."""
+        if not self.optimizer_in_backward:
+            return loss
+        schedule, interval = self._schedule
+        self._in_backward.set_lr_factor(schedule(self.global_step if interval == "step" else self.current_epoch))
+        self._in_backward.begin_backward()
+        self.manual_backward(loss)
+        self._in_backward.free_grads()
+        self.optimizers().step()
         return loss
 
     def _eval_step(self, batch, dataloader_idx: int, prefix: str) -> None:

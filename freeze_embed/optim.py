@@ -68,5 +68,7 @@ def cosine_factor(step: int, total_steps: int) -> float:
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in optimizer state tensors (momentum buffers, Adam moments): what freezing and SGD save."""
+    if hasattr(optimizer, "state_bytes"):  # in backward: the per-parameter optimizers hold the state
+        return optimizer.state_bytes()
     return sum(t.numel() * t.element_size() for state in optimizer.state.values()
                for t in state.values() if torch.is_tensor(t))

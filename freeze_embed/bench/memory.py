@@ -3,13 +3,14 @@
     python -m freeze_embed.bench.memory --backbone open_clip:ViT-B-16 \
         --methods sgd,sgd_freeze_embed,sgd_freeze_embed_no_momentum,adamw
 
-Methods are keys of the registry ``configs/method/<key>.yaml``.
+Methods are keys of the registry ``configs/method/<key>.yaml``; ``<key>_in_backward`` is that method with its step
+inside backward (:mod:`freeze_embed.in_backward`: forward + backward only, each gradient freed after its step).
 
 Each method runs in a fresh process (this module, ``--child``) for a few steps of forward, backward and optimizer
 step at micro-batch 1 (as the paper; optimizer state exists only after the first step). Peak = CUDA peak allocated
 on a GPU, else the process's peak resident memory (VmHWM; it includes ~0.5 GB of Python and libraries, as the
 paper's GPU figures include the CUDA context). Next to it the exact bytes of parameters, gradients (trainable
-parameters only) and optimizer state, and the paper's ratios: AdamW over each method (ViT-B/16: 16% over SGD
+parameters only; with the optimizer in backward, the most held at once) and optimizer state, and the paper's ratios: AdamW over each method (ViT-B/16: 16% over SGD
 (freeze-embed), 36% over SGD (freeze-embed, no momentum); ViT-L/14: 18% and 48%).
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
     torch.manual_seed(0)
     module, optimizer, name = registry.build_module(method, backbone, backbone_kwargs, grad_checkpointing,
                                                     num_classes=num_classes)
+    in_backward = module.optimizer_in_backward
     module.to(dev)
     amp = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[precision]
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
@@ -67,6 +69,13 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
     while taken < steps and tries < steps + 30:  # fp16: steps the loss scaler skips (inf gradients) do not count
         with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss = F.cross_entropy(module(x), y)
+        if in_backward:  # forward + backward only: each parameter steps inside backward and frees its gradient
+            if scaler.is_enabled():
+                raise SystemExit("error: 16-mixed cannot run with the optimizer in backward (no loss scaling).")
+            optimizer.begin_backward()
+            loss.backward()
+            grad_bytes, taken, tries = optimizer.grad_bytes.peak, taken + 1, tries + 1
+            continue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         grad_bytes = _tensor_bytes(p.grad for p in module.parameters() if p.grad is not None)
@@ -112,10 +121,11 @@ def ratios(results: dict, key: str = "peak_bytes") -> list[str]:
 def table(results: dict) -> str:
     """Peak and exact bytes in MiB; p+g+s = parameters + gradients + optimizer state."""
     cols = ("peak", "params", "grads", "state", "p+g+s")
-    lines = [f"{'method (MiB)':<34}" + "".join(f"{c:>10}" for c in cols)]
+    width = max([34] + [len(r.get("name", m)) + 2 for m, r in results.items()])
+    lines = [f"{'method (MiB)':<{width}}" + "".join(f"{c:>10}" for c in cols)]
     for m, r in results.items():
         values = [r[k] for k in KEYS] + [r["param_bytes"] + r["grad_bytes"] + r["state_bytes"]]
-        lines.append(f"{r.get('name', m):<34}" + "".join(f"{v / 2 ** 20:>10.1f}" for v in values))
+        lines.append(f"{r.get('name', m):<{width}}" + "".join(f"{v / 2 ** 20:>10.1f}" for v in values))
     return "\n".join(lines)
 
 
@@ -123,7 +133,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description="Peak training memory per method (Table 4).")
     parser.add_argument("--backbone", default="open_clip:ViT-B-16", help="spec string; random weights")
     parser.add_argument("--methods", default=",".join(PAPER_METHODS),
-                        help=f"comma-separated keys of configs/method/: {', '.join(registry.keys())}")
+                        help=f"comma-separated keys of configs/method/, each optionally + '{registry.IN_BACKWARD}': "
+                             f"{', '.join(registry.keys())}")
     parser.add_argument("--batch", type=int, default=1, help="micro-batch size (the paper profiles 1)")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     parser.add_argument("--grad-checkpointing", action="store_true")
@@ -141,7 +152,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                                  args.precision, args.grad_checkpointing, args.steps, args.device)))
         return {}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in registry.keys()]
+    unknown = [m for m in methods if registry.split_key(m)[0] not in registry.keys()]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {registry.keys()}")
     from concurrent.futures import ThreadPoolExecutor

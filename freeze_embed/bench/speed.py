@@ -4,7 +4,8 @@
 
 For each method, the same model, batch and optimizer are trained twice on in-memory synthetic data: by the Lightning
 Trainer's ``fit`` (no logger, checkpointing, progress bar or validation) and by a hand loop doing the same forward,
-cross-entropy, zero_grad, backward, optimizer step and per-step LR-scheduler step. Both are timed from the start of
+cross-entropy, zero_grad, backward, optimizer step and per-step LR-scheduler step (for a ``<key>_in_backward`` method,
+the per-step LR, then backward, inside which every parameter steps: :mod:`freeze_embed.in_backward`). Both are timed from the start of
 one step to the start of the next, the first ``--warmup`` steps excluded; the median step gives images/s.
 """
 from __future__ import annotations
@@ -46,7 +47,11 @@ def hand_loop(method: str, loader, device, backbone: str, backbone_kwargs: dict,
     module, optimizer, _ = registry.build_module(method, backbone, backbone_kwargs, num_classes=num_classes)
     module.to(device)
     total = len(loader)
-    scheduler = LambdaLR(optimizer, lambda step: cosine_factor(step, total))  # one epoch: the per-step cosine
+    in_backward = module.optimizer_in_backward
+    if in_backward:  # the FineTuner sets the LR of its per-parameter optimizers from the same schedule
+        schedule = cosine_factor
+    else:
+        scheduler = LambdaLR(optimizer, lambda step: cosine_factor(step, total))  # one epoch: the per-step cosine
     amp = {"32": None, "bf16-mixed": torch.bfloat16}[precision]
     times = []
     for x, y in loader:
@@ -55,6 +60,11 @@ def hand_loop(method: str, loader, device, backbone: str, backbone_kwargs: dict,
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss = F.cross_entropy(module(x), y)
+        if in_backward:  # backward only: each parameter steps inside it
+            optimizer.set_lr_factor(schedule(len(times) - 1, total))
+            optimizer.begin_backward()
+            loss.backward()
+            continue
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -123,7 +133,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=1, help="alternate hand / Lightning runs this many times")
     parser.add_argument("--methods", default="sgd,sgd_freeze_embed,adamw",
-                        help=f"comma-separated keys of configs/method/: {', '.join(registry.keys())}")
+                        help=f"comma-separated keys of configs/method/, each optionally + '{registry.IN_BACKWARD}': "
+                             f"{', '.join(registry.keys())}")
     parser.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 is steadiest on a shared machine)")
