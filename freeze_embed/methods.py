@@ -6,14 +6,12 @@ results tables) reads it here, through the same parser as ``train.py`` (:mod:`fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from .config import CONFIGS, DEMO_CONFIG, ConfigError, build, compose
+from .config import CONFIGS, DEMO_CONFIG, ConfigError, build
 
-__all__ = ["ConfigError", "compose", "build", "path", "keys", "load", "build_module", "Method", "split_key",
-           "IN_BACKWARD"]
+__all__ = ["ConfigError", "build", "path", "keys", "build_module", "split_key", "IN_BACKWARD"]
 METHOD_DIR = CONFIGS / "method"
 # A benchmark key ``<key>_in_backward`` is method ``<key>`` with ``--model.optimizer_in_backward true``.
 IN_BACKWARD = "_in_backward"
@@ -36,23 +34,6 @@ def path(key: str) -> Path:
 
 def keys() -> list[str]:
     return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
-
-
-@dataclass(frozen=True)
-class Method:
-    key: str               # the file stem, e.g. sgd_freeze_embed
-    name: str              # the paper's name, e.g. "SGD (freeze-embed)"
-    lr_grid: list[float]   # the authors' sweep
-    config: dict           # the composed train.py config (on the demo data unless other configs were given)
-
-
-def load(key: str, configs: Sequence[str] = (DEMO_CONFIG,), overrides: Sequence[str] = ()) -> Method:
-    """Method ``key`` composed after ``configs`` (the demo by default: any complete data config will do)."""
-    config = compose([*configs, path(key)], overrides)
-    meta = config.get("method") or {}
-    if not meta.get("name") or not meta.get("lr_grid"):
-        raise ConfigError(f"{path(key)} must set method.name and method.lr_grid.")
-    return Method(key, meta["name"], [float(x) for x in meta["lr_grid"]], config)
 
 
 def build_module(key: str, backbone: str, backbone_kwargs: Optional[dict] = None, grad_checkpointing: bool = False,

@@ -86,8 +86,8 @@ def test_offline_download_is_one_sentence(tmp_path):
                            "fetched") and "--model.pretrained /path/to/weights" in last and "HF_HUB_OFFLINE=1" in last
 
 
-def test_random_weights_never_touch_the_network(monkeypatch):
-    """The download wrapper only speaks for downloads: other errors pass through unchanged."""
+def test_other_backbone_errors_pass_through_the_download_wrapper():
+    """The download wrapper only speaks for downloads: an unknown model keeps its own sentence."""
     with pytest.raises(BackboneError, match="no model named"):
         create_backbone("timm:not_a_model")
 
@@ -118,14 +118,14 @@ def test_selection_metric_is_the_datasets(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "tests" / "data"))
     from formats import TINY_MODEL, write_waterbirds
     write_waterbirds(tmp_path / "wb", wilds=False)
-    from freeze_embed import methods
+    from freeze_embed import config
     base = [str(ROOT / "configs/data/waterbirds.yaml")]
     over = ["--data.init_args.root", str(tmp_path / "wb"), *TINY_MODEL, "--trainer.logger", "false",
             "--trainer.default_root_dir", str(tmp_path)]
     for select_on, metric in (("id_val", "id_val/weighted_acc"), ("test", "test/weighted_acc")):
-        built = methods.build(base, [*over, "--data.init_args.select_on", select_on])
+        built = config.build(base, [*over, "--data.init_args.select_on", select_on])
         monitors = [c.monitor for c in built.trainer.checkpoint_callbacks]
         assert built.datamodule.selection_metric == metric and metric in monitors
-    demo = methods.build([methods.DEMO_CONFIG], ["--trainer.logger", "false",
+    demo = config.build([config.DEMO_CONFIG], ["--trainer.logger", "false",
                                                  "--trainer.default_root_dir", str(tmp_path)])
     assert "id_val/acc" in [c.monitor for c in demo.trainer.checkpoint_callbacks]

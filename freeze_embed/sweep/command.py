@@ -1,6 +1,6 @@
 """The sweep's command line, ``python -m freeze_embed.sweep``: plan the runs, launch what is missing, summarize.
 
-Composes the config (:func:`freeze_embed.methods.compose`), names the sweep from its data, backbone and method files
+Composes the config (:func:`freeze_embed.config.compose`), names the sweep from its data, backbone and method files
 (:func:`_labels`, with :mod:`freeze_embed.paper`'s names), writes each run's config, launches the runs that are not
 done, then writes ``summary.json`` and prints the summary table.
 """

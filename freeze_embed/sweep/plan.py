@@ -1,6 +1,6 @@
 """A sweep's plan: its LR grid, each run's ``train.py`` config, and their W&B group and ids.
 
-Pure functions of the composed config (:func:`freeze_embed.methods.compose`): nothing here starts a process or
+Pure functions of the composed config (:func:`freeze_embed.config.compose`): nothing here starts a process or
 touches a run directory.
 """
 from __future__ import annotations
