@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .errors import FreezeEmbedError
-from .optim import build_optimizer, param_groups
+from .optim import build_optimizer, param_groups, tensor_bytes
 
 __all__ = ["InBackward", "InBackwardUnsupported", "check_precision", "check_trainer"]
 
@@ -76,7 +76,7 @@ class _GradBytes:
         self.alive = self.peak = 0
 
     def add(self, grad: torch.Tensor) -> None:
-        self.alive += grad.numel() * grad.element_size()
+        self.alive += tensor_bytes([grad])
         self.peak = max(self.peak, self.alive)
 
 
@@ -150,7 +150,7 @@ class InBackward(torch.optim.Optimizer):
             # The tutorial's hook: the gradient is complete here; step, then free it at once.
             opt.step()
             if param.grad is not None:
-                counter.alive -= param.grad.numel() * param.grad.element_size()
+                counter.alive -= tensor_bytes([param.grad])
                 param.grad = None
 
         self._handles.append(p.register_post_accumulate_grad_hook(step_then_free))

@@ -23,7 +23,8 @@ from .anatomy import resolve_anatomy
 from .backbones import create_backbone
 from . import in_backward
 from .metrics import GroupAccuracy, metrics_for
-from .optim import SGD, build_optimizer, cosine_factor, group_names, optimizer_state_bytes, param_groups
+from .optim import (SGD, build_optimizer, cosine_factor, group_names, optimizer_state_bytes, param_groups,
+                    tensor_bytes)
 from .strategies import FullFineTune, Strategy
 
 # Test metrics are "test/<set>/<metric>". Waterbirds' evaluation set is itself named "test" ("test/test/acc"), so
@@ -238,7 +239,7 @@ class FineTuner(L.LightningModule):
         return []
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        held = sum(p.grad.numel() * p.grad.element_size() for p in self.parameters() if p.grad is not None)
+        held = tensor_bytes(p.grad for p in self.parameters() if p.grad is not None)
         self._peak_grad_bytes = max(self._peak_grad_bytes, held)  # the standard step holds them all at once
         for p in self._drop_grads:
             p.grad = None

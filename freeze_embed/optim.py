@@ -66,9 +66,13 @@ def cosine_factor(step: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes the tensors hold: the unit of the paper's memory argument (parameters, gradients, optimizer state)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in optimizer state tensors (momentum buffers, Adam moments): what freezing and SGD save."""
     if hasattr(optimizer, "state_bytes"):  # in backward: the per-parameter optimizers hold the state
         return optimizer.state_bytes()
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
-               for t in state.values() if torch.is_tensor(t))
+    return tensor_bytes(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))

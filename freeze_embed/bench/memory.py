@@ -28,10 +28,6 @@ from . import PAPER_METHODS
 KEYS = ("peak_bytes", "param_bytes", "grad_bytes", "state_bytes")
 
 
-def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def _peak_rss() -> int:
     """Peak resident memory of this process's image since exec (Linux VmHWM), in bytes."""
     try:
@@ -50,7 +46,7 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
     import torch
     import torch.nn.functional as F
     from ..backbones import parse_spec
-    from ..optim import optimizer_state_bytes
+    from ..optim import optimizer_state_bytes, tensor_bytes
     from ..cli import FreezeEmbedCLI  # noqa: F401  (lightning and the backbone library load before the baseline)
     __import__(parse_spec(backbone).library)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -78,7 +74,7 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
             continue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        grad_bytes = _tensor_bytes(p.grad for p in module.parameters() if p.grad is not None)
+        grad_bytes = tensor_bytes(p.grad for p in module.parameters() if p.grad is not None)
         scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         scaler.step(optimizer)
         scaler.update()
@@ -87,7 +83,7 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
     if cuda:
         torch.cuda.synchronize(dev)
     return {"peak_bytes": int(torch.cuda.max_memory_allocated(dev)) if cuda else _peak_rss(),
-            "param_bytes": _tensor_bytes(module.parameters()), "grad_bytes": grad_bytes,
+            "param_bytes": tensor_bytes(module.parameters()), "grad_bytes": grad_bytes,
             "state_bytes": optimizer_state_bytes(optimizer), "baseline_bytes": int(baseline), "name": name}
 
 
