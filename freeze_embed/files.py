@@ -1,0 +1,124 @@
+"""Reading and writing files safely: nothing we read can run code, nothing we write is ever half there.
+
+* :func:`atomic_write`: write to a temporary file in the same folder, flush and fsync, then ``os.replace`` it onto
+  the target, so at every instant the target is either the previous good file or the new complete one (a kill, a
+  preemption or a full disk in the middle leaves the previous file).
+* :func:`write_json`: results files as strict JSON (a non-finite number becomes ``null``), written atomically.
+* :func:`load_torch`: ``torch.load(weights_only=True)``; a file that needs arbitrary pickle is refused in one sentence
+  naming the file and the opt-in (``trust_pickle``) for files the user trusts.
+* :func:`load_state_dict`: a weights file (``.safetensors``, or a torch file read as above) as a ``{name: tensor}``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterator, Optional
+
+import torch
+
+from .errors import FreezeEmbedError
+
+
+class UnsafeFileError(FreezeEmbedError):
+    """A file that can only be read by running arbitrary pickle code, and the user did not say they trust it."""
+
+
+class UnreadableFileError(FreezeEmbedError):
+    """A file that is missing, truncated or not in the expected format."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Yield a file object; on success it replaces ``path`` atomically, on any error ``path`` is left untouched."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (best effort: not every FS allows it)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively: strict JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: Optional[int] = 2) -> None:
+    """Strict JSON (non-finite numbers as ``null``), written atomically."""
+    text = json.dumps(finite_or_none(obj), indent=indent, allow_nan=False)
+    with atomic_write(path, "w") as f:
+        f.write(text + "\n")
+
+
+TRUST_HINT = ("if you trust the file (e.g. a checkpoint you wrote yourself with an older version), opt in with "
+              "--model.trust_pickle true (or trust_pickle=True)")
+
+
+def load_torch(path: str | os.PathLike, what: str = "file", trust_pickle: bool = False,
+               map_location: Any = "cpu") -> Any:
+    """``torch.load`` that cannot run code unless the user opted in; every failure is one sentence."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UnreadableFileError(f"The {what} '{path}' does not exist.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
+    except pickle_errors() as err:
+        if trust_pickle:
+            raise UnreadableFileError(f"Cannot read the {what} '{path}' ({type(err).__name__}).") from err
+        raise UnsafeFileError(f"The {what} '{path}' holds Python objects that only arbitrary pickle code can "
+                              f"rebuild, so it was not read (reading it could run code); {TRUST_HINT}.") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        detail = " ".join(str(err).split())[:200]
+        raise UnreadableFileError(f"Cannot read the {what} '{path}': it is truncated or not a PyTorch file "
+                                  f"({type(err).__name__}: {detail}).") from err
+
+
+def pickle_errors() -> tuple[type, ...]:
+    """What ``torch.load(weights_only=True)`` raises for a file that needs full pickle."""
+    import pickle
+    return (pickle.UnpicklingError,)
+
+
+def load_state_dict(path: str | os.PathLike, what: str = "weights file", trust_pickle: bool = False) -> dict:
+    """``{name: tensor}`` from a ``.safetensors`` file or a torch file (a bare state dict, or one under
+    ``state_dict`` / ``model`` / ``module`` as training scripts save them)."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        if not os.path.isfile(path):
+            raise UnreadableFileError(f"The {what} '{path}' does not exist.")
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for malformed files
+            raise UnreadableFileError(f"Cannot read the {what} '{path}' as safetensors ({err}).") from err
+    state = load_torch(path, what, trust_pickle)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise UnreadableFileError(f"The {what} '{path}' holds a {type(state).__name__}, not a state dict of tensors.")
+    return state
