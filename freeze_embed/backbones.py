@@ -4,6 +4,11 @@ One string names any backbone: ``timm:<model>[.<tag>]``, ``open_clip:<arch>[:<ta
 ``torchvision:<name>``. ``pretrained`` is ``False`` (random weights), ``True`` (download through the library)
 or a local checkpoint path, so clusters without internet work. The original classifier is removed: the
 FineTuner puts a fresh linear head on top of ``Backbone.num_features``.
+
+Weights come from anywhere, so reading them never runs code: a local file is ``.safetensors`` or read with
+``torch.load(weights_only=True)`` (timm's, open_clip's and our own reader all do), and one that needs arbitrary pickle
+is refused in one sentence unless ``trust_pickle`` (the user trusts the file). OpenAI's original CLIP archives
+(TorchScript) are read without running them (:mod:`freeze_embed.torchscript`).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from . import files, torchscript
 from .errors import FreezeEmbedError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,7 +121,10 @@ def _misfit(path: str, spec: str, err: Exception) -> BackboneError:
                          "Check that the file was saved from this architecture.")
 
 
-def _timm(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
+WHAT = "pretrained weights"  # how the refusal sentences name a local weights file
+
+
+def _timm(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle: bool = False) -> Backbone:
     import timm
     if not timm.is_model(spec.name):
         raise _unknown(str(spec), spec.name, timm.list_models())
@@ -131,7 +140,7 @@ def _timm(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
     if stem:
         patchify_stem(model, str(spec))
     if path:
-        _load_timm_file(model, path, str(spec))
+        _load_timm_file(model, path, str(spec), trust_pickle)
     cfg = model.pretrained_cfg
     return Backbone(model, model.num_features, tuple(cfg.get("mean", IMAGENET_MEAN)),
                     tuple(cfg.get("std", IMAGENET_STD)), "timm", name)
@@ -154,16 +163,21 @@ def patchify_stem(model: nn.Module, spec: str) -> None:
     model.stem = nn.Sequential(OrderedDict(layers))
 
 
-def _load_timm_file(model: nn.Module, path: str, spec: str) -> None:
-    """Load a local checkpoint strictly (the old classifier dropped): a wrong architecture fails loudly."""
+def _load_timm_file(model: nn.Module, path: str, spec: str, trust_pickle: bool = False) -> None:
+    """Load a local checkpoint strictly (the old classifier dropped): a wrong architecture fails loudly. timm reads
+    it (its EMA and ``module.`` handling) with ``weights_only`` unless the user trusts the file."""
     from timm.models import load_state_dict
-    if path.endswith(".npz") and hasattr(model, "load_pretrained"):  # original JAX ViT / BiT weights
+    if path.endswith(".npz") and hasattr(model, "load_pretrained"):  # original JAX ViT / BiT weights: numpy only
         model.load_pretrained(path)
         return
     try:
-        state = load_state_dict(path)
-    except Exception as err:
-        raise BackboneError(f"Cannot read checkpoint '{path}': {err}") from err
+        with files.refusing_pickle(path, WHAT):
+            state = load_state_dict(path, weights_only=not trust_pickle)
+    except files.UnsafeFileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated files, safetensors' and torch's own errors: one sentence
+        detail = " ".join(str(err).split())[:200]
+        raise BackboneError(f"Cannot read checkpoint '{path}' ({type(err).__name__}: {detail}).") from err
     classifier = model.pretrained_cfg.get("classifier") or "head"
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifier)}
@@ -175,7 +189,7 @@ def _load_timm_file(model: nn.Module, path: str, spec: str) -> None:
         raise _misfit(path, spec, RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"))
 
 
-def open_clip_model(spec: Spec, pretrained: Pretrained, kwargs: dict) -> nn.Module:
+def open_clip_model(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle: bool = False) -> nn.Module:
     """The whole open_clip model (image and text towers) with the weights ``pretrained`` names: the image tower is
     the backbone; the zero-shot head (``freeze_embed.zeroshot``) needs the text tower from the same weights."""
     import open_clip
@@ -188,26 +202,45 @@ def open_clip_model(spec: Spec, pretrained: Pretrained, kwargs: dict) -> nn.Modu
                             f"(choices: {[t for a, t in open_clip.list_pretrained() if a == spec.name]}).")
     # OpenAI's CLIP was trained with QuickGELU; open_clip only switches to it for the 'openai' tag.
     quick_gelu = spec.tag == "openai"
+    if path and torchscript.is_torchscript(path):  # OpenAI's original archives; QuickGELU, as load_openai_model has
+        state = torchscript.load_state_dict(path, WHAT)
+        model = open_clip.create_model(spec.name, pretrained=None, force_quick_gelu=True, **kwargs)
+        _load_openai_state(model, state, path, str(spec))
+        return model
     try:
-        with _fetching(str(spec), not path and weights is not None):
+        with _fetching(str(spec), not path and weights is not None), files.refusing_pickle(path or str(spec), WHAT):
             return open_clip.create_model(spec.name, pretrained=weights, force_quick_gelu=quick_gelu,
-                                          weights_only=False, **kwargs)
+                                          weights_only=not trust_pickle, **kwargs)
     except RuntimeError as err:
         if path:
             raise _misfit(path, str(spec), err) from err
         raise
 
 
-def _open_clip(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
+def _load_openai_state(model: nn.Module, state: dict, path: str, spec: str) -> None:
+    """Load what ``torchscript.load_state_dict`` read from an OpenAI archive as open_clip's ``load_openai_model``
+    does (``build_model_from_openai_state_dict``: the same names, minus three scalars the archive keeps as weights),
+    strictly; buffers the model does not save (the text tower's attention mask) are rebuilt, not loaded."""
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    saved = model.state_dict()
+    state = {k: v for k, v in state.items() if k in saved or k not in dict(model.named_buffers())}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise _misfit(path, spec, err) from err
+
+
+def _open_clip(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle: bool = False) -> Backbone:
     import open_clip
-    model = open_clip_model(spec, pretrained, kwargs)
+    model = open_clip_model(spec, pretrained, kwargs, trust_pickle)
     visual = model.visual  # the paper fine-tunes CLIP's image tower only
     mean = tuple(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
     std = tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
     return Backbone(visual, visual.output_dim, mean, std, "open_clip", str(spec))
 
 
-def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
+def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle: bool = False) -> Backbone:
     import torchvision
     known = torchvision.models.list_models()
     if spec.name not in known:
@@ -217,8 +250,7 @@ def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
         model = torchvision.models.get_model(spec.name, weights="DEFAULT" if _wants_download(pretrained) else None,
                                              **kwargs)
     if path:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = files.load_state_dict(path, WHAT, trust_pickle)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
@@ -231,11 +263,13 @@ def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict) -> Backbone:
     return Backbone(model, last[1].in_features, IMAGENET_MEAN, IMAGENET_STD, "torchvision", spec.name)
 
 
-def create_backbone(spec: str, pretrained: Pretrained = False, **kwargs: Any) -> Backbone:
-    """Build the feature extractor named by ``spec``; ``kwargs`` go to the library (e.g. timm's img_size)."""
+def create_backbone(spec: str, pretrained: Pretrained = False, *, trust_pickle: bool = False,
+                    **kwargs: Any) -> Backbone:
+    """Build the feature extractor named by ``spec``; ``kwargs`` go to the library (e.g. timm's img_size).
+    ``trust_pickle``: read a local ``pretrained`` file with full pickle (only for files the user trusts)."""
     parsed = parse_spec(spec)
     build = {"timm": _timm, "open_clip": _open_clip, "torchvision": _torchvision}[parsed.library]
-    return build(parsed, pretrained, dict(kwargs))
+    return build(parsed, pretrained, dict(kwargs), trust_pickle)
 
 
 def normalization(spec: Optional[str]) -> tuple[tuple, tuple]:

@@ -73,12 +73,30 @@ def write_json(path: str | os.PathLike, obj: Any, indent: Optional[int] = 2) -> 
         f.write(text + "\n")
 
 
+MODEL_OPT_IN = "--model.trust_pickle true (or trust_pickle=True)"
 TRUST_HINT = ("if you trust the file (e.g. a checkpoint you wrote yourself with an older version), opt in with "
-              "--model.trust_pickle true (or trust_pickle=True)")
+              f"{MODEL_OPT_IN}")
+
+
+def refusal(path: str | os.PathLike, what: str = "file", opt_in: str = MODEL_OPT_IN) -> UnsafeFileError:
+    """The one sentence for a file that only arbitrary pickle can read; ``opt_in`` is the flag that trusts it."""
+    hint = TRUST_HINT.replace(MODEL_OPT_IN, opt_in)
+    return UnsafeFileError(f"The {what} '{os.fspath(path)}' holds Python objects that only arbitrary pickle code can "
+                           f"rebuild, so it was not read (reading it could run code); {hint}.")
+
+
+@contextlib.contextmanager
+def refusing_pickle(path: str | os.PathLike, what: str = "file", opt_in: str = MODEL_OPT_IN) -> Iterator[None]:
+    """Around a library's own ``torch.load(weights_only=True)`` (timm's, open_clip's): its refusal, many lines of
+    advice about torch internals, becomes :func:`refusal`'s sentence."""
+    try:
+        yield
+    except pickle_errors() as err:
+        raise refusal(path, what, opt_in) from err
 
 
 def load_torch(path: str | os.PathLike, what: str = "file", trust_pickle: bool = False,
-               map_location: Any = "cpu") -> Any:
+               map_location: Any = "cpu", opt_in: str = MODEL_OPT_IN) -> Any:
     """``torch.load`` that cannot run code unless the user opted in; every failure is one sentence."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -88,8 +106,7 @@ def load_torch(path: str | os.PathLike, what: str = "file", trust_pickle: bool =
     except pickle_errors() as err:
         if trust_pickle:
             raise UnreadableFileError(f"Cannot read the {what} '{path}' ({type(err).__name__}).") from err
-        raise UnsafeFileError(f"The {what} '{path}' holds Python objects that only arbitrary pickle code can "
-                              f"rebuild, so it was not read (reading it could run code); {TRUST_HINT}.") from err
+        raise refusal(path, what, opt_in) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         detail = " ".join(str(err).split())[:200]
         raise UnreadableFileError(f"Cannot read the {what} '{path}': it is truncated or not a PyTorch file "
@@ -102,7 +119,8 @@ def pickle_errors() -> tuple[type, ...]:
     return (pickle.UnpicklingError,)
 
 
-def load_state_dict(path: str | os.PathLike, what: str = "weights file", trust_pickle: bool = False) -> dict:
+def load_state_dict(path: str | os.PathLike, what: str = "weights file", trust_pickle: bool = False,
+                    opt_in: str = MODEL_OPT_IN) -> dict:
     """``{name: tensor}`` from a ``.safetensors`` file or a torch file (a bare state dict, or one under
     ``state_dict`` / ``model`` / ``module`` as training scripts save them)."""
     path = os.fspath(path)
@@ -114,7 +132,7 @@ def load_state_dict(path: str | os.PathLike, what: str = "weights file", trust_p
             return load_file(path, device="cpu")
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for malformed files
             raise UnreadableFileError(f"Cannot read the {what} '{path}' as safetensors ({err}).") from err
-    state = load_torch(path, what, trust_pickle)
+    state = load_torch(path, what, trust_pickle, opt_in=opt_in)
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

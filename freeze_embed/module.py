@@ -54,6 +54,8 @@ class FineTuner(L.LightningModule):
         head_init: ``random`` (a fresh linear head, the paper's) or ``zeroshot``: CLIP's zero-shot classifier from
             the dataset's class names and prompt templates, on L2-normalised features (:mod:`freeze_embed.zeroshot`;
             open_clip backbones only), as WiSE-FT starts.
+        trust_pickle: read a local ``pretrained`` file with full pickle, which can run code: only for a file you
+            trust that ``.safetensors`` or ``weights_only`` loading refuses (by default such a file is refused).
     """
 
     def __init__(self, backbone: str = "timm:vit_base_patch16_224.augreg_in21k",
@@ -62,12 +64,13 @@ class FineTuner(L.LightningModule):
                  embed_tokens: bool = False, backbone_kwargs: Optional[dict[str, Any]] = None,
                  grad_checkpointing: bool = False,
                  lr_schedule: Literal["cosine_per_step", "cosine_per_epoch"] = "cosine_per_step",
-                 optimizer_in_backward: bool = False, head_init: Literal["random", "zeroshot"] = "random"):
+                 optimizer_in_backward: bool = False, head_init: Literal["random", "zeroshot"] = "random",
+                 trust_pickle: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["strategy", "optimizer"])
         if head_init == "zeroshot":
             zeroshot.check_backbone(backbone)  # before any download
-        built = create_backbone(backbone, pretrained, **(backbone_kwargs or {}))
+        built = create_backbone(backbone, pretrained, trust_pickle=trust_pickle, **(backbone_kwargs or {}))
         self.backbone = built.model
         head = zeroshot.NormalizedLinear if head_init == "zeroshot" else nn.Linear
         self.head = head(built.num_features, num_classes)  # fresh; a zero-shot head is filled in setup("fit")

@@ -86,7 +86,8 @@ def fill_zeroshot_head(model, datamodule) -> None:
     """The zero-shot head the FineTuner builds at fit start (``freeze_embed.zeroshot``), for ``--zeroshot zeroshot``."""
     from .zeroshot import prompts, zeroshot_weights
     hp = model.hparams
-    weights = zeroshot_weights(hp["backbone"], hp["pretrained"], *prompts(datamodule), hp.get("backbone_kwargs"))
+    weights = zeroshot_weights(hp["backbone"], hp["pretrained"], *prompts(datamodule), hp.get("backbone_kwargs"),
+                               trust_pickle=hp.get("trust_pickle", False))
     with torch.no_grad():
         model.head.weight.copy_(weights)
         model.head.bias.zero_()

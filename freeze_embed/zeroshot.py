@@ -45,20 +45,21 @@ def check_backbone(spec: str) -> None:
         raise _unknown(spec, parsed.name, open_clip.list_models())
 
 
-def clip_model(spec: str, pretrained: Pretrained = False, **kwargs: Any) -> nn.Module:
+def clip_model(spec: str, pretrained: Pretrained = False, trust_pickle: bool = False, **kwargs: Any) -> nn.Module:
     """The whole CLIP model (image and text towers) with the weights ``backbones.create_backbone`` gives the image
     tower: the same local file, download or random init, and QuickGELU for the 'openai' tag."""
     check_backbone(spec)
-    return open_clip_model(parse_spec(spec), pretrained, kwargs)
+    return open_clip_model(parse_spec(spec), pretrained, kwargs, trust_pickle)
 
 
 def zeroshot_weights(backbone: str, pretrained: Pretrained, class_names: Sequence[str], templates: Sequence,
-                     backbone_kwargs: Optional[dict] = None, device: str = "cpu") -> torch.Tensor:
+                     backbone_kwargs: Optional[dict] = None, device: str = "cpu",
+                     trust_pickle: bool = False) -> torch.Tensor:
     """``(num_classes, embed_dim)`` float32 weights of the zero-shot head: each class's mean normalised text
     embedding over ``templates``, renormalised, times ``exp(logit_scale)``. A SigLIP model's ``logit_bias`` is left
     out: a constant added to every class changes neither the argmax nor the cross-entropy."""
     import open_clip
-    model = clip_model(backbone, pretrained, **(backbone_kwargs or {})).to(device).eval()
+    model = clip_model(backbone, pretrained, trust_pickle, **(backbone_kwargs or {})).to(device).eval()
     with _fetching(backbone, True):  # a model with a Hugging Face tokenizer needs the hub (or its cache)
         tokenizer = open_clip.get_tokenizer(parse_spec(backbone).name, context_length=model.context_length)
     classifier = open_clip.build_zero_shot_classifier(model, tokenizer, list(class_names), list(templates),
@@ -88,6 +89,7 @@ def prompts(datamodule) -> tuple[list[str], list]:
 @torch.no_grad()
 def fill_head(head: nn.Linear, hparams, datamodule) -> None:
     """The FineTuner's ``setup('fit')``: the head becomes the zero-shot classifier of the datamodule's classes."""
-    weights = zeroshot_weights(hparams.backbone, hparams.pretrained, *prompts(datamodule), hparams.backbone_kwargs)
+    weights = zeroshot_weights(hparams.backbone, hparams.pretrained, *prompts(datamodule), hparams.backbone_kwargs,
+                               trust_pickle=hparams.get("trust_pickle", False))
     head.weight.copy_(weights)
     head.bias.zero_()

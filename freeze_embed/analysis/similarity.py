@@ -77,11 +77,13 @@ def domain_similarity(source: tuple, target: tuple, gamma: float = GAMMA, min_so
 
 # --- reading sets and extracting features -----------------------------------------------------------------------
 def backbone_args(backbone: str) -> tuple[str, object, dict]:
-    """(spec, pretrained, kwargs): a spec string (pretrained weights downloaded) or a config's model section."""
+    """(spec, pretrained, kwargs for ``create_backbone``): a spec string (pretrained weights downloaded) or a
+    config's model section (its ``trust_pickle`` too)."""
     if backbone.endswith((".yaml", ".yml")):
         from ..config import compose
         model = compose([backbone])["model"]
-        return model["backbone"], model["pretrained"], dict(model.get("backbone_kwargs") or {})
+        kwargs = dict(model.get("backbone_kwargs") or {})
+        return model["backbone"], model["pretrained"], {**kwargs, "trust_pickle": bool(model.get("trust_pickle"))}
     return backbone, True, {}
 
 
