@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import files
 from .cli import exit_on_user_error
 from .config import build
 from .data import camelyon, fmow
@@ -51,15 +52,14 @@ def wilds_of(cls: type) -> tuple[str, dict]:
 
 
 def load_weights(model: torch.nn.Module, path: str) -> int:
-    """Load the checkpoint's weights into ``model`` (strict); returns the checkpoint's epoch."""
-    try:  # weights_only, as Lightning loads local checkpoints
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise PredictError(f"Cannot read checkpoint '{path}' ({type(err).__name__}): give a .ckpt file train.py "
-                           "wrote.") from err
+    """Load the checkpoint's weights into ``model`` (strict); returns the checkpoint's epoch. Read with
+    ``weights_only`` (``files.load_torch``): a file that needs arbitrary pickle is refused in one sentence, unless the
+    model was built with ``--model.trust_pickle true``."""
+    trust = bool(getattr(model, "hparams", {}).get("trust_pickle", False))
+    checkpoint = files.load_torch(path, "checkpoint", trust)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except (KeyError, RuntimeError) as err:
+    except (KeyError, TypeError, RuntimeError) as err:
         detail = " ".join(str(err).split())[:300]  # one line: the missing/unexpected keys or shapes
         raise PredictError(f"Checkpoint '{path}' does not fit the model these configs build ({detail}); give the "
                            "--config files and overrides it was trained with.") from err

@@ -11,6 +11,7 @@ import copy
 import datetime
 import hashlib
 import os
+import zipfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -99,6 +100,32 @@ def _cache_path(cache_dir: Optional[str], key: str) -> Optional[str]:
     return os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz") if cache_dir else None
 
 
+def read_cache(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A cache file's features and labels: plain arrays only (``allow_pickle=False``: an object array, which only
+    pickle can rebuild, is refused, never unpickled); a bad file is one sentence."""
+    from .files import UnreadableFileError, UnsafeFileError
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data["x"], data["y"]
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise UnsafeFileError(f"The probe's feature cache '{path}' holds pickled Python objects, which are never "
+                                  "read (they could run code); delete the file and the features are extracted "
+                                  "again.") from err
+        raise UnreadableFileError(f"Cannot read the probe's feature cache '{path}' ({err}); delete the file and the "
+                                  "features are extracted again.") from err
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as err:
+        raise UnreadableFileError(f"Cannot read the probe's feature cache '{path}' ({type(err).__name__}); delete "
+                                  "the file and the features are extracted again.") from err
+
+
+def write_cache(path: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Atomically (``files.atomic_write``): runs of a sweep may share the cache, and a killed run leaves no half file."""
+    from .files import atomic_write
+    with atomic_write(path) as f:
+        np.savez(f, x=x, y=y)
+
+
 def split_features(module, name: str, key: str, cache_dir: Optional[str] = None):
     """Features and labels of split ``name`` (test-time transforms) in dataset order on rank 0, None elsewhere.
 
@@ -113,8 +140,7 @@ def split_features(module, name: str, key: str, cache_dir: Optional[str] = None)
     if trainer.strategy.broadcast(bool(rank0 and path and os.path.exists(path)), src=0):
         if not rank0:
             return None
-        data = np.load(path)
-        return data["x"], data["y"]
+        return read_cache(path)
     loader = dm.loader(dataset, shuffle=False)
     x, y = extract_features(module.backbone, loader, f"probe features: {name}")
     shards = [(np.fromiter(iter(loader.sampler), dtype=np.int64), x, y)]
@@ -129,10 +155,7 @@ def split_features(module, name: str, key: str, cache_dir: Optional[str] = None)
         raise RuntimeError(f"probe features of '{name}': the ranks' shards do not cover the split exactly once")
     x, y = np.concatenate([s[1] for s in shards])[order], np.concatenate([s[2] for s in shards])[order]
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"  # atomic: runs of a sweep may share the cache
-        np.savez(tmp, x=x, y=y)
-        os.replace(tmp, path)
+        write_cache(path, x, y)
     return x, y
 
 

@@ -27,6 +27,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from . import files
 from .cli import exit_on_user_error
 from .config import build
 from .errors import FreezeEmbedError
@@ -61,15 +62,16 @@ def interpolate(theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.T
     return out
 
 
-def read_checkpoint(path: str) -> dict:
+def read_checkpoint(path: str, trust_pickle: bool = False) -> dict:
+    """A checkpoint read with ``weights_only`` (train.py's load so), unless ``trust_pickle``: a file that needs
+    arbitrary pickle is refused in one sentence naming ``--trust_pickle``."""
     if not os.path.isfile(path):
         raise WiseFTError(f"Checkpoint '{path}' does not exist: give a .ckpt file train.py wrote, or "
                           f"--zeroshot {BUILD} to build the zero-shot model from the configs.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise WiseFTError(f"Cannot read checkpoint '{path}' ({type(err).__name__}): give a .ckpt file train.py "
-                          "wrote.") from err
+    checkpoint = files.load_torch(path, "checkpoint", trust_pickle, opt_in="--trust_pickle")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise WiseFTError(f"Checkpoint '{path}' holds no state_dict: give a .ckpt file train.py wrote.")
+    return checkpoint
 
 
 def zeroshot_head(hparams: Mapping) -> bool:
@@ -104,12 +106,12 @@ def evaluate(trainer, model, datamodule) -> dict[str, float]:
 
 
 def run(cli_args: Sequence[str], zeroshot: str, finetuned: str, alphas: Sequence[float], out: str,
-        save: bool = False, backbone_only: bool = False) -> list[dict]:
+        save: bool = False, backbone_only: bool = False, trust_pickle: bool = False) -> list[dict]:
     bad = [a for a in alphas if not 0 <= a <= 1]
     if bad or not alphas:
         raise WiseFTError(f"--alphas must be numbers between 0 and 1 (0: zero-shot, 1: fine-tuned), got {bad or 'none'}.")
-    fine = read_checkpoint(finetuned)
-    zero = None if zeroshot == BUILD else read_checkpoint(zeroshot)
+    fine = read_checkpoint(finetuned, trust_pickle)
+    zero = None if zeroshot == BUILD else read_checkpoint(zeroshot, trust_pickle)
     # Checkpoints replace every weight, so nothing is downloaded unless the zero-shot model is built here.
     overrides = ["--trainer.logger", "false"] + (["--model.pretrained", "false"] if zero is not None else [])
     cli = build([], [*cli_args, *overrides])
@@ -189,9 +191,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--save", action="store_true", help="also write <out>/alpha_<a>.ckpt for each alpha")
     parser.add_argument("--backbone_only", action="store_true",
                         help="interpolate the backbone only and keep the fine-tuned head")
+    parser.add_argument("--trust_pickle", action="store_true",
+                        help="read checkpoints that need full pickle, which can run code: only files you trust")
     args, rest = parser.parse_known_args(argv)
     rows = exit_on_user_error(run, rest, args.zeroshot, args.finetuned, args.alphas, args.out, args.save,
-                              args.backbone_only)
+                              args.backbone_only, args.trust_pickle)
     print(f"{'alpha':>6} {'ID':>7} {'OOD':>7}")
     for r in rows:
         print(f"{alpha_name(r['alpha']):>6} {100 * r.get('paper/id', float('nan')):6.2f}% "

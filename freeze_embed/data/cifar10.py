@@ -41,11 +41,35 @@ MANUAL = ("download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and 
 HOW = f"set data.init_args.download: true to fetch both with torchvision, or {MANUAL}"
 
 
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and plain containers only: a file that asks for anything else (a function to call) is
+    refused before it runs ("restricting globals", Python's pickle documentation)."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # protocol 2's bytes from Python 3
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never does, and "
+                                         "unpickling it could run code")
+        import codecs
+        return {"_reconstruct": _numpy_reconstruct(), "ndarray": np.ndarray, "dtype": np.dtype,
+                "encode": codecs.encode}[name]
+
+
 def unpickle(path: str) -> dict:
-    """A CIFAR-10 python pickle as a dict with str keys (the release's Python 2 pickles give bytes keys)."""
+    """A CIFAR-10 python pickle as a dict with str keys (the release's Python 2 pickles give bytes keys), read by
+    an unpickler that builds numpy arrays and nothing else."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")  # as the CIFAR-10 page says for Python 3
+            entry = _BatchUnpickler(f, encoding="bytes").load()  # bytes, as the CIFAR-10 page says for Python 3
         return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
     except Exception as err:
         raise DataFormatError(f"{path} is not a CIFAR-10 python pickle ({type(err).__name__}: {err}); "
