@@ -87,11 +87,16 @@ def refusal(path: str | os.PathLike, what: str = "file", opt_in: str = MODEL_OPT
 
 @contextlib.contextmanager
 def refusing_pickle(path: str | os.PathLike, what: str = "file", opt_in: str = MODEL_OPT_IN) -> Iterator[None]:
-    """Around a library's own ``torch.load(weights_only=True)`` (timm's, open_clip's): its refusal, many lines of
-    advice about torch internals, becomes :func:`refusal`'s sentence."""
+    """Around a library's own ``torch.load(weights_only=True)`` (timm's, open_clip's): its refusal (many lines of
+    advice about torch internals, raised as is or wrapped, as timm does) becomes :func:`refusal`'s sentence."""
     try:
         yield
-    except pickle_errors() as err:
+    except Exception as err:  # noqa: BLE001 - re-raised unless the refusal is behind it
+        cause: Optional[BaseException] = err
+        while cause is not None and not isinstance(cause, pickle_errors()):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
         raise refusal(path, what, opt_in) from err
 
 
