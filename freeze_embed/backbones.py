@@ -19,7 +19,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-import torch
 from torch import nn
 
 from . import files, torchscript
@@ -203,9 +202,11 @@ def open_clip_model(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pick
     # OpenAI's CLIP was trained with QuickGELU; open_clip only switches to it for the 'openai' tag.
     quick_gelu = spec.tag == "openai"
     if path and torchscript.is_torchscript(path):  # OpenAI's original archives; QuickGELU, as load_openai_model has
-        state = torchscript.load_state_dict(path, WHAT)
         model = open_clip.create_model(spec.name, pretrained=None, force_quick_gelu=True, **kwargs)
-        _load_openai_state(model, state, path, str(spec))
+        try:
+            model.load_state_dict(torchscript.openai_clip_state(path, model, WHAT), strict=True)
+        except RuntimeError as err:
+            raise _misfit(path, str(spec), err) from err
         return model
     try:
         with _fetching(str(spec), not path and weights is not None), files.refusing_pickle(path or str(spec), WHAT):
@@ -215,20 +216,6 @@ def open_clip_model(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pick
         if path:
             raise _misfit(path, str(spec), err) from err
         raise
-
-
-def _load_openai_state(model: nn.Module, state: dict, path: str, spec: str) -> None:
-    """Load what ``torchscript.load_state_dict`` read from an OpenAI archive as open_clip's ``load_openai_model``
-    does (``build_model_from_openai_state_dict``: the same names, minus three scalars the archive keeps as weights),
-    strictly; buffers the model does not save (the text tower's attention mask) are rebuilt, not loaded."""
-    for key in ("input_resolution", "context_length", "vocab_size"):
-        state.pop(key, None)
-    saved = model.state_dict()
-    state = {k: v for k, v in state.items() if k in saved or k not in dict(model.named_buffers())}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise _misfit(path, spec, err) from err
 
 
 def _open_clip(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle: bool = False) -> Backbone:
@@ -247,6 +234,8 @@ def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle:
         raise _unknown(str(spec), spec.name, known)
     path = _checkpoint_path(pretrained)
     with _fetching(str(spec), _wants_download(pretrained)):
+        if _wants_download(pretrained) and not trust_pickle:
+            _check_torchvision_download(spec.name)
         model = torchvision.models.get_model(spec.name, weights="DEFAULT" if _wants_download(pretrained) else None,
                                              **kwargs)
     if path:
@@ -261,6 +250,20 @@ def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle:
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, nn.Identity())
     return Backbone(model, last[1].in_features, IMAGENET_MEAN, IMAGENET_STD, "torchvision", spec.name)
+
+
+def _check_torchvision_download(name: str) -> None:
+    """torchvision reads its downloaded weights with full pickle (``torch.hub.load_state_dict_from_url``'s default),
+    and checks their hash only when it downloads them, not when a cached file is there: read the file with
+    ``weights_only`` first (downloading it if needed), so that a file that needs more than tensors is refused before
+    torchvision reads it. A file that passes holds nothing else for torchvision's full unpickling to run."""
+    import torch.hub
+    import torchvision
+    from urllib.parse import urlparse
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
+    with files.refusing_pickle(cached, WHAT):
+        weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
 
 
 def create_backbone(spec: str, pretrained: Pretrained = False, *, trust_pickle: bool = False,

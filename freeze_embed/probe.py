@@ -120,7 +120,8 @@ def read_cache(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_cache(path: str, x: np.ndarray, y: np.ndarray) -> None:
-    """Atomically (``files.atomic_write``): runs of a sweep may share the cache, and a killed run leaves no half file."""
+    """Written atomically (``files.atomic_write``): runs of a sweep may share the cache, and a killed run leaves no
+    half-written file."""
     from .files import atomic_write
     with atomic_write(path) as f:
         np.savez(f, x=x, y=y)

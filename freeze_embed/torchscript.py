@@ -120,3 +120,14 @@ def load_state_dict(path: str | os.PathLike, what: str = "pretrained weights") -
     if not state:
         raise UnreadableFileError(f"The {what} '{path}' is a TorchScript archive without any declared weights.")
     return state
+
+
+def openai_clip_state(path: str | os.PathLike, model: torch.nn.Module, what: str = "pretrained weights") -> dict:
+    """An OpenAI CLIP archive's weights for open_clip's ``model``, as ``load_openai_model`` prepares them
+    (``build_model_from_openai_state_dict``: the same names, minus three scalars the archive keeps as weights); buffers
+    the model does not save (the text tower's attention mask) are rebuilt by the model, not loaded."""
+    state = load_state_dict(path, what)
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    saved, buffers = model.state_dict(), dict(model.named_buffers())
+    return {k: v for k, v in state.items() if k in saved or k not in buffers}

@@ -45,7 +45,7 @@ def check_backbone(spec: str) -> None:
         raise _unknown(spec, parsed.name, open_clip.list_models())
 
 
-def clip_model(spec: str, pretrained: Pretrained = False, trust_pickle: bool = False, **kwargs: Any) -> nn.Module:
+def clip_model(spec: str, pretrained: Pretrained = False, *, trust_pickle: bool = False, **kwargs: Any) -> nn.Module:
     """The whole CLIP model (image and text towers) with the weights ``backbones.create_backbone`` gives the image
     tower: the same local file, download or random init, and QuickGELU for the 'openai' tag."""
     check_backbone(spec)
@@ -59,7 +59,7 @@ def zeroshot_weights(backbone: str, pretrained: Pretrained, class_names: Sequenc
     embedding over ``templates``, renormalised, times ``exp(logit_scale)``. A SigLIP model's ``logit_bias`` is left
     out: a constant added to every class changes neither the argmax nor the cross-entropy."""
     import open_clip
-    model = clip_model(backbone, pretrained, trust_pickle, **(backbone_kwargs or {})).to(device).eval()
+    model = clip_model(backbone, pretrained, trust_pickle=trust_pickle, **(backbone_kwargs or {})).to(device).eval()
     with _fetching(backbone, True):  # a model with a Hugging Face tokenizer needs the hub (or its cache)
         tokenizer = open_clip.get_tokenizer(parse_spec(backbone).name, context_length=model.context_length)
     classifier = open_clip.build_zero_shot_classifier(model, tokenizer, list(class_names), list(templates),

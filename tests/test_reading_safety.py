@@ -255,3 +255,16 @@ def test_load_torch_reads_a_benign_full_pickle_only_when_trusted(tmp_path):
     with pytest.raises(UnsafeFileError):
         load_torch(path, "file")
     assert load_torch(path, "file", trust_pickle=True)["args"].lr == 0.1
+
+
+def test_torchvision_download_in_the_cache_that_runs_code_is_refused(tmp_path, monkeypatch):
+    """torchvision checks a download's hash only while downloading: a file already in the cache is read as it is."""
+    from torchvision.models import ResNet18_Weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.DEFAULT.url)
+    cached.parent.mkdir(parents=True)
+    torch.save({"fc.weight": torch.zeros(1), "hook": RunsCode(tmp_path / "marker")}, cached)
+    with pytest.raises(UnsafeFileError) as err:
+        create_backbone("torchvision:resnet18", True)
+    assert str(err.value) == refused("pretrained weights", cached)
+    assert not (tmp_path / "marker").exists()
