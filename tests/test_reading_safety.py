@@ -169,6 +169,7 @@ def test_train_cli_refuses_a_pretrained_pickle_in_one_line_on_stderr(tmp_path):
     assert not (tmp_path / "marker").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["torchvision", "open_clip"])
 def test_train_cli_refuses_other_families_pickles(tmp_path, capsys, family):
     from freeze_embed.cli import main
