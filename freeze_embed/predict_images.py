@@ -148,6 +148,8 @@ def run(model: str, from_folder: bool, sources: Sequence[str], out: str, topk: i
         raise ImagesError(f"--topk {topk} is not possible: this model has {len(classifier.class_names)} classes.")
     from_csv = len(sources) == 1 and sources[0].lower().endswith(".csv")
     labels = known_labels(images, classifier.class_names, from_csv)
+    if labels is None:
+        images.labels = None  # folder names that are not classes are not labels
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = predict(classifier, images.paths, topk, batch_size, num_workers, device)
     write_csv(out, images, rows, topk)
