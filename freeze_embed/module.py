@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .anatomy import resolve_anatomy
 from .backbones import create_backbone
+from .data.preprocess import resolve_preprocess
 from . import in_backward, zeroshot
 from .metrics import GroupAccuracy, metrics_for
 from .rng import rng_states, set_rng_states
@@ -69,6 +70,7 @@ class FineTuner(L.LightningModule):
             zeroshot.check_backbone(backbone)  # before any download
         built = create_backbone(backbone, pretrained, **(backbone_kwargs or {}))
         self.backbone = built.model
+        self.preprocess = resolve_preprocess(built)  # the backbone's input size, crop and mean/std; in checkpoints
         head = zeroshot.NormalizedLinear if head_init == "zeroshot" else nn.Linear
         self.head = head(built.num_features, num_classes)  # fresh; a zero-shot head is filled in setup("fit")
         self.anatomy = resolve_anatomy(built, self.head, embed=embed, embed_tokens=embed_tokens)
@@ -212,9 +214,20 @@ class FineTuner(L.LightningModule):
     # --- exact resume: what is not weights travels with the checkpoint -----------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """RNG states and the strategy's run state (e.g. "the probe was fitted"), so a resumed run neither redoes
-        nor loses what it did once."""
+        nor loses what it did once; the preprocessing and the class names (label order), so predict and export
+        need nothing but the checkpoint."""
         checkpoint["rng_states"] = rng_states()
         checkpoint["strategy_state"] = self.strategy.state_dict()
+        checkpoint["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess.items()}
+        checkpoint["class_names"] = self.class_names()
+
+    def class_names(self) -> list[str]:
+        """The datamodule's class names in label order, or the label indices as names when it has none."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        names = getattr(dm, "class_names", None)
+        if names is not None and len(names) == self.head.out_features:
+            return [str(n) for n in names]
+        return [str(i) for i in range(self.head.out_features)]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
