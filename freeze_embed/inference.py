@@ -7,6 +7,7 @@ users to; a checkpoint through the FineTuner, so every head and backbone option 
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections import OrderedDict
@@ -45,7 +46,9 @@ def from_checkpoint(path: str, trust_pickle: bool = False) -> Classifier:
                              "version of freeze-embed): train again, or give the images through the --config files "
                              "it was trained with.")
     from .module import FineTuner
-    model = FineTuner(**{**hparams, "pretrained": False})  # the checkpoint's weights replace every parameter
+    accepted = inspect.signature(FineTuner.__init__).parameters  # LightningCLI also saves "_instantiator"
+    kwargs = {k: v for k, v in hparams.items() if k in accepted}
+    model = FineTuner(**{**kwargs, "pretrained": False})  # the checkpoint's weights replace every parameter
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as err:

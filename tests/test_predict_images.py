@@ -156,3 +156,43 @@ def test_user_errors_are_one_sentence(tmp_path, capsys):
     assert msg == (f"error: '{tmp_path}' is not an export folder (it needs config.json and model.safetensors): give "
                    "the --out folder of python -m freeze_embed.export.")
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.slow
+def test_fit_then_predict_and_export(tmp_path, capsys):
+    """train.py fit (the demo ViT, one epoch), then predict on image files and export, through the CLIs."""
+    from helpers import run_cli, tiny_demo_args
+
+    from freeze_embed.data.demo import make_shift_images
+    from freeze_embed.module import FineTuner
+    run_cli(tiny_demo_args(tmp_path, epochs=1, extra=["--test_after_fit", "false"]))
+    ckpt = tmp_path / "run/checkpoints/last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    names = saved["class_names"]
+    assert names == [f"stripes at {d} degrees" for d in (0, 45, 90, 135)]
+    images, labels, _ = make_shift_images(12, 4, agreement=0.9, seed=5)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+        paths.append(tmp_path / "photos" / names[label] / f"{i:02d}.png")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(paths[-1])
+    predict(["--ckpt_path", str(ckpt), "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "p.csv"),
+             "--num_workers", "0"])
+    rows = read_csv(tmp_path / "p.csv")
+    order = sorted(range(12), key=lambda i: (names[labels[i]], str(paths[i])))
+    assert [Path(r["path"]) for r in rows] == [paths[i] for i in order]
+
+    model = FineTuner.load_from_checkpoint(ckpt, map_location="cpu").eval()  # Lightning's own loading
+    transform = timm.data.create_transform(**saved["preprocess"])
+    with torch.no_grad():
+        probs = model(torch.stack([transform(Image.open(paths[i]).convert("RGB")) for i in order])).softmax(-1)
+    assert [r["pred"] for r in rows] == [names[i] for i in probs.argmax(-1).tolist()]
+    torch.testing.assert_close(torch.tensor([float(r["prob"]) for r in rows]), probs.max(-1).values,
+                               rtol=0, atol=1e-5)
+    correct = sum(r["pred"] == r["label"] for r in rows)
+    assert f"Accuracy: {correct / 12:.4f} ({correct} of 12 labelled images)." in capsys.readouterr().out
+
+    export(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "exported")])
+    predict(["--model", str(tmp_path / "exported"), "--images", str(tmp_path / "photos"),
+             "--out", str(tmp_path / "e.csv"), "--num_workers", "0"])
+    assert [r["pred"] for r in read_csv(tmp_path / "e.csv")] == [r["pred"] for r in rows]
