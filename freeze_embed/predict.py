@@ -1,7 +1,7 @@
 """Predict with a checkpoint: any images (``--images``, :mod:`freeze_embed.predict_images`), or the WILDS leaderboard.
 
 For any images: ``python -m freeze_embed.predict --ckpt_path best.ckpt --images /new/photos --out preds.csv``
-(``--help`` with ``--images`` lists the options). Without ``--images`` it exports a checkpoint's predictions for the
+(``--images X --help`` lists its options). Without ``--images`` it exports a checkpoint's predictions for the
 WILDS leaderboard (WILDS-FMoW and WILDS-Camelyon17):
 
     python -m freeze_embed.predict --config configs/data/fmow.yaml --config configs/backbone/clip_vit_b16.yaml \
@@ -122,7 +122,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from .predict_images import main as predict_images
         return predict_images(argv)
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.predict", description=__doc__.split("\n")[0],
-                                     epilog="Every other argument (--config, overrides) goes to train.py's parser.",
+                                     epilog="Every other argument (--config, overrides) goes to train.py's parser. To predict any images "
+                                            "instead: --ckpt_path CKPT (or --model EXPORT_DIR) --images ... --out "
+                                            "preds.csv (add --help after --images X for its options).",
                                      allow_abbrev=False)
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by train.py")
     parser.add_argument("--out", required=True, help="folder for the prediction files")

@@ -60,7 +60,7 @@ def test_folder_tree_matches_an_independent_forward_pass(tmp_path, capsys):
     broken.write_bytes(b"not a JPEG")
     model = model_for(tmp_path, [p for p, _ in tree])
     predict(["--ckpt_path", str(tmp_path / "m.ckpt"), "--images", str(tmp_path / "photos"),
-             "--out", str(tmp_path / "preds.csv"), "--topk", "2", "--num_workers", "0"])
+             "--out", str(tmp_path / "preds.csv"), "--topk", "2", "--num_workers", "2"])
 
     rows = read_csv(tmp_path / "preds.csv")
     assert list(rows[0]) == ["path", "label", "pred", "prob", "pred_2", "prob_2", "error"]
