@@ -93,6 +93,8 @@ class ImageFolders(ShiftDataModule):
         seed: the held-out split's seed (fixed, so every run of a sweep selects on the same images).
     """
 
+    describe_classes = True  # ``describe`` shows images per class, the imbalance and the transforms
+
     def __init__(self, train: str, id_val: Optional[str] = None, val_fraction: float = 0.1,
                  eval: Optional[dict[str, str]] = None, classes: Optional[list[str]] = None, augment: bool = True,
                  balance: Optional[Literal["sampler", "loss"]] = None, image_column: str = "image",
