@@ -273,7 +273,8 @@ class FineTuner(L.LightningModule):
             # loss at LR 0 (configure_optimizers): no parameter moves, and epochs, checkpoints and DDP run as usual.
             return self._in_backward_step(self(x).sum() * 0.0)
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        weight = getattr(self.trainer.datamodule, "class_weights", None)  # ImageFolders' balance: loss
+        loss = F.cross_entropy(logits, y, weight=None if weight is None else weight.to(logits))
         acc = (logits.argmax(-1) == y).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, on_epoch=True, prog_bar=True)
         penalty = self.strategy.penalty(self)
