@@ -122,9 +122,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from .predict_images import main as predict_images
         return predict_images(argv)
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.predict", description=__doc__.split("\n")[0],
-                                     epilog="Every other argument (--config, overrides) goes to train.py's parser. To predict any images "
-                                            "instead: --ckpt_path CKPT (or --model EXPORT_DIR) --images ... --out "
-                                            "preds.csv (add --help after --images X for its options).",
+                                     epilog="Every other argument (--config, overrides) goes to train.py's parser. "
+                                            "To predict any images instead: --ckpt_path CKPT (or --model EXPORT_DIR) "
+                                            "--images ... --out preds.csv (add --help after --images X for its "
+                                            "options).",
                                      allow_abbrev=False)
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by train.py")
     parser.add_argument("--out", required=True, help="folder for the prediction files")

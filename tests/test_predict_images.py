@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -158,41 +159,59 @@ def test_user_errors_are_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "p.csv").exists()
 
 
-@pytest.mark.slow
-def test_fit_then_predict_and_export(tmp_path, capsys):
-    """train.py fit (the demo ViT, one epoch), then predict on image files and export, through the CLIs."""
-    from helpers import run_cli, tiny_demo_args
-
+def demo_tree(root: Path, n: int, agreement: float, seed: int) -> list[tuple[Path, int]]:
+    """The demo's images (a grating whose angle is the class, a tint that agrees with it ``agreement`` of the time)
+    as PNG files in a class-per-folder tree; [(path, label)]."""
     from freeze_embed.data.demo import make_shift_images
+    images, labels, _ = make_shift_images(n, 4, agreement=agreement, seed=seed)
+    files = []
+    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+        files.append((root / f"angle{45 * label:03d}" / f"{i:02d}.png", label))
+        files[-1][0].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(files[-1][0])
+    return files
+
+
+@pytest.mark.slow
+def test_fit_on_folders_then_predict_and_export(tmp_path, capsys):
+    """train.py fit on a folder tree (the demo ViT, freeze-embed, one epoch, an OOD folder), then predict and export
+    through the CLIs: predict's accuracy on the OOD folder is the one training measured with the same checkpoint."""
+    from helpers import ROOT, run_cli
+
     from freeze_embed.module import FineTuner
-    run_cli(tiny_demo_args(tmp_path, epochs=1, extra=["--test_after_fit", "false"]))
+    demo_tree(tmp_path / "train", 48, 0.9, seed=1)
+    ood = demo_tree(tmp_path / "ood", 16, 0.25, seed=2)
+    run_cli(["fit", "--config", str(ROOT / "configs/demo.yaml"),
+             "--config", str(ROOT / "configs/data/image_folders.yaml"),
+             "--data.init_args.train", str(tmp_path / "train"), "--data.init_args.id_val", "null",
+             "--data.init_args.eval", f"{{ood_test: {tmp_path / 'ood'}}}", "--data.init_args.num_workers", "0",
+             "--data.init_args.batch_size", "16", "--trainer.max_epochs", "1",
+             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+             "--trainer.default_root_dir", str(tmp_path), "--run_dir", str(tmp_path / "run")])
     ckpt = tmp_path / "run/checkpoints/last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     names = saved["class_names"]
-    assert names == [f"stripes at {d} degrees" for d in (0, 45, 90, 135)]
-    images, labels, _ = make_shift_images(12, 4, agreement=0.9, seed=5)
-    paths = []
-    for i, (image, label) in enumerate(zip(images, labels.tolist())):
-        paths.append(tmp_path / "photos" / names[label] / f"{i:02d}.png")
-        paths[-1].parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(paths[-1])
-    predict(["--ckpt_path", str(ckpt), "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "p.csv"),
+    assert names == ["angle000", "angle045", "angle090", "angle135"]
+    predict(["--ckpt_path", str(ckpt), "--images", str(tmp_path / "ood"), "--out", str(tmp_path / "p.csv"),
              "--num_workers", "0"])
     rows = read_csv(tmp_path / "p.csv")
-    order = sorted(range(12), key=lambda i: (names[labels[i]], str(paths[i])))
-    assert [Path(r["path"]) for r in rows] == [paths[i] for i in order]
+    order = sorted(ood, key=lambda pl: (pl[1], str(pl[0])))
+    assert [(Path(r["path"]), r["label"]) for r in rows] == [(p, names[y]) for p, y in order]
 
     model = FineTuner.load_from_checkpoint(ckpt, map_location="cpu").eval()  # Lightning's own loading
     transform = timm.data.create_transform(**saved["preprocess"])
     with torch.no_grad():
-        probs = model(torch.stack([transform(Image.open(paths[i]).convert("RGB")) for i in order])).softmax(-1)
+        probs = model(torch.stack([transform(Image.open(p).convert("RGB")) for p, _ in order])).softmax(-1)
     assert [r["pred"] for r in rows] == [names[i] for i in probs.argmax(-1).tolist()]
     torch.testing.assert_close(torch.tensor([float(r["prob"]) for r in rows]), probs.max(-1).values,
                                rtol=0, atol=1e-5)
     correct = sum(r["pred"] == r["label"] for r in rows)
-    assert f"Accuracy: {correct / 12:.4f} ({correct} of 12 labelled images)." in capsys.readouterr().out
+    assert f"Accuracy: {correct / 16:.4f} ({correct} of 16 labelled images)." in capsys.readouterr().out
+    trained = json.loads((tmp_path / "run/results.json").read_text())
+    assert correct / 16 == pytest.approx(trained["last"]["last/ood_test/acc"])
 
     export(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "exported")])
-    predict(["--model", str(tmp_path / "exported"), "--images", str(tmp_path / "photos"),
+    predict(["--model", str(tmp_path / "exported"), "--images", str(tmp_path / "ood"),
              "--out", str(tmp_path / "e.csv"), "--num_workers", "0"])
     assert [r["pred"] for r in read_csv(tmp_path / "e.csv")] == [r["pred"] for r in rows]
