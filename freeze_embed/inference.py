@@ -42,9 +42,8 @@ def from_checkpoint(path: str, trust_pickle: bool = False) -> Classifier:
                              "state_dict): give a .ckpt file train.py wrote, e.g. <run_dir>/checkpoints/last.ckpt.")
     missing = [key for key in ("class_names", "preprocess") if key not in checkpoint]
     if missing:
-        raise ModelFileError(f"The checkpoint '{path}' has no {' and no '.join(missing)} (it was written by an older "
-                             "version of freeze-embed): train again, or give the images through the --config files "
-                             "it was trained with.")
+        raise ModelFileError(f"The checkpoint '{path}' has no {' and no '.join(missing)} (an older version of "
+                             "freeze-embed wrote it, before checkpoints carried them): train it again with this one.")
     from .module import FineTuner
     accepted = inspect.signature(FineTuner.__init__).parameters  # LightningCLI also saves "_instantiator"
     kwargs = {k: v for k, v in hparams.items() if k in accepted}

@@ -155,7 +155,7 @@ def run(model: str, from_folder: bool, sources: Sequence[str], out: str, topk: i
     write_csv(out, images, rows, topk)
     failed = sum(bool(row["error"]) for row in rows)
     lines = [f"Wrote {len(rows)} predictions to {os.path.abspath(out)}."]
-    if labels is not None:
+    if labels is not None and failed < len(rows):
         index = {name: i for i, name in enumerate(classifier.class_names)}
         scored = [(index[r["pred"]], y) for r, y in zip(rows, labels) if not r["error"]]
         correct = sum(p == y for p, y in scored)

@@ -3,7 +3,7 @@ built directly from random tiny models, for the predict and export tests."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -24,7 +24,7 @@ def preprocess(size: int) -> dict:
 
 def checkpoint(path: Path, spec: str = TINY_VIT[0], kwargs: Optional[dict] = None, size: int = 32,
                head_init: str = "random", classes: tuple = tuple(CLASSES), seed: int = 0,
-               centre: Optional[torch.Tensor] = None) -> FineTuner:
+               centre: Optional[torch.Tensor] = None, **finetuner: Any) -> FineTuner:
     """Save a random model's checkpoint at ``path`` and return the model (eval mode).
 
     Its head has large random weights so the classes differ; with ``centre`` (images) the head reads the features'
@@ -32,7 +32,8 @@ def checkpoint(path: Path, spec: str = TINY_VIT[0], kwargs: Optional[dict] = Non
     """
     torch.manual_seed(seed)
     kwargs = TINY_VIT[1] if kwargs is None and spec == TINY_VIT[0] else (kwargs or {})
-    model = FineTuner(backbone=spec, num_classes=len(classes), backbone_kwargs=kwargs, head_init=head_init).eval()
+    model = FineTuner(backbone=spec, num_classes=len(classes), backbone_kwargs=kwargs, head_init=head_init,
+                      **finetuner).eval()
     w = torch.randn(model.head.weight.shape) * (100 if centre is not None else 1)
     with torch.no_grad():
         mean = model.backbone(centre).mean(0) if centre is not None else torch.zeros(w.shape[1])

@@ -57,11 +57,13 @@ def doc_recipe(library_call: str) -> str:
 def test_readme_recipe_rebuilds_the_model(library, tmp_path, monkeypatch):
     spec, kwargs, size, head_init, call = {
         "timm": ("timm:convnext_atto", TIMM["convnext"][1], 64, "random", "timm.create_model"),
+        # a small model whose classifier slot is nested (classifier.3); the anatomy needs its embedding named
         "torchvision": ("torchvision:mobilenet_v3_small", {}, 32, "random", "torchvision.models.get_model"),
         "open_clip": ("open_clip:ViT-B-32:openai", TINY_CLIP, 32, "random", "open_clip.create_model"),
         "open_clip_zeroshot": ("open_clip:ViT-B-32:openai", TINY_CLIP, 32, "zeroshot", "open_clip.create_model"),
     }[library]
-    model = checkpoint(tmp_path / "m.ckpt", spec, kwargs, size, head_init=head_init)
+    embed = ["features.0"] if library == "torchvision" else None
+    model = checkpoint(tmp_path / "m.ckpt", spec, kwargs, size, head_init=head_init, embed=embed)
     exported(tmp_path)
     monkeypatch.chdir(tmp_path)  # the recipes name exported/ relative to the working folder
     scope: dict = {}
