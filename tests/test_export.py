@@ -53,7 +53,8 @@ def doc_recipe(library_call: str) -> str:
     return block
 
 
-@pytest.mark.parametrize("library", ["timm", "torchvision", "open_clip", "open_clip_zeroshot"])
+@pytest.mark.parametrize("library", ["timm", pytest.param("torchvision", marks=pytest.mark.slow), "open_clip",
+                                     "open_clip_zeroshot"])
 def test_readme_recipe_rebuilds_the_model(library, tmp_path, monkeypatch):
     spec, kwargs, size, head_init, call = {
         "timm": ("timm:convnext_atto", TIMM["convnext"][1], 64, "random", "timm.create_model"),
