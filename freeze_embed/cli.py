@@ -40,6 +40,7 @@ def add_run_arguments(parser, run_dir_help: str) -> None:
     parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
     parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
     parser.link_arguments("model.backbone", "data.init_args.backbone")
+    parser.link_arguments("model.backbone_kwargs", "data.init_args.backbone_kwargs")
     parser.link_arguments("data", "model.num_classes", compute_fn=_checked_num_classes, apply_on="instantiate")
     parser.add_argument("--run_dir", type=Optional[str], default=None, help=run_dir_help)
 

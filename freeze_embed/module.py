@@ -19,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from .anatomy import resolve_anatomy
 from .backbones import create_backbone
+from .data.preprocess import resolve_preprocess
 from . import in_backward, zeroshot
 from .metrics import GroupAccuracy, metrics_for
 from .rng import rng_states, set_rng_states
@@ -72,6 +73,7 @@ class FineTuner(L.LightningModule):
             zeroshot.check_backbone(backbone)  # before any download
         built = create_backbone(backbone, pretrained, trust_pickle=trust_pickle, **(backbone_kwargs or {}))
         self.backbone = built.model
+        self.preprocess = resolve_preprocess(built)  # the backbone's input size, crop and mean/std; in checkpoints
         head = zeroshot.NormalizedLinear if head_init == "zeroshot" else nn.Linear
         self.head = head(built.num_features, num_classes)  # fresh; a zero-shot head is filled in setup("fit")
         self.anatomy = resolve_anatomy(built, self.head, embed=embed, embed_tokens=embed_tokens)
@@ -215,9 +217,20 @@ class FineTuner(L.LightningModule):
     # --- exact resume: what is not weights travels with the checkpoint -----------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """RNG states and the strategy's run state (e.g. "the probe was fitted"), so a resumed run neither redoes
-        nor loses what it did once."""
+        nor loses what it did once; the preprocessing and the class names (label order), so predict and export
+        need nothing but the checkpoint."""
         checkpoint["rng_states"] = rng_states()
         checkpoint["strategy_state"] = self.strategy.state_dict()
+        checkpoint["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess.items()}
+        checkpoint["class_names"] = self.class_names()
+
+    def class_names(self) -> list[str]:
+        """The datamodule's class names in label order, or the label indices as names when it has none."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        names = getattr(dm, "class_names", None)
+        if names is not None and len(names) == self.head.out_features:
+            return [str(n) for n in names]
+        return [str(i) for i in range(self.head.out_features)]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
@@ -263,7 +276,8 @@ class FineTuner(L.LightningModule):
             # loss at LR 0 (configure_optimizers): no parameter moves, and epochs, checkpoints and DDP run as usual.
             return self._in_backward_step(self(x).sum() * 0.0)
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        weight = getattr(self.trainer.datamodule, "class_weights", None)  # ImageFolders' balance: loss
+        loss = F.cross_entropy(logits, y, weight=None if weight is None else weight.to(logits))
         acc = (logits.argmax(-1) == y).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, on_epoch=True, prog_bar=True)
         penalty = self.strategy.penalty(self)

@@ -1,4 +1,8 @@
-"""Export a checkpoint's predictions for the WILDS leaderboard (WILDS-FMoW and WILDS-Camelyon17).
+"""Predict with a checkpoint: any images (``--images``, :mod:`freeze_embed.predict_images`), or the WILDS leaderboard.
+
+For any images: ``python -m freeze_embed.predict --ckpt_path best.ckpt --images /new/photos --out preds.csv``
+(``--images X --help`` lists its options). Without ``--images`` it exports a checkpoint's predictions for the
+WILDS leaderboard (WILDS-FMoW and WILDS-Camelyon17):
 
     python -m freeze_embed.predict --config configs/data/fmow.yaml --config configs/backbone/clip_vit_b16.yaml \
         --data.init_args.root /data --ckpt_path run/checkpoints/best-epoch03.ckpt --out preds [--seed 0] [--epoch N]
@@ -12,6 +16,8 @@ seeds 0-2 (FMoW) or 0-9 (Camelyon17): export each seed's run into the same folde
 
     mkdir -p results && python examples/evaluate.py preds results --dataset fmow --root-dir /data
 
+(the script's flag is ``--root-dir``, with a hyphen; it writes into the output folder but does not create it.)
+
 The format is what WILDS' examples/evaluate.py reads (``get_prediction_file``: the file starting with
 ``{dataset}_split:{split}_seed:{seed}``; ``get_predictions``: one ``literal_eval``-ed label per non-empty line) and
 what the authors wrote (``save_wilds_model_preds`` in unlabeled_extrapolation/baseline_train.py of
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,6 +40,7 @@ from .cli import exit_on_user_error
 from .config import build
 from .data import camelyon, fmow
 from .errors import FreezeEmbedError
+from .files import atomic_write
 
 # Our datamodule -> (WILDS' dataset name, our split name -> WILDS' split name); "train" is never scored.
 WILDS = {fmow.FMoW: ("fmow", fmow.SPLITS), camelyon.Camelyon17: ("camelyon17", camelyon.SPLITS)}
@@ -102,15 +110,22 @@ def export(cli_args: Sequence[str], ckpt_path: str, out: str, seed: int, epoch: 
         labels = predict(model, data, dm.batch_size, dm.num_workers, device, trainer.precision_plugin.forward_context,
                          desc=f"{dataset_name} {theirs}")
         path = os.path.join(out, f"{dataset_name}_split:{theirs}_seed:{seed}_epoch:{epoch}_pred.csv")
-        with open(path, "w") as f:
+        with atomic_write(path, "w") as f:
             f.write("".join(f"{y}\n" for y in labels))
         written.append(path)
     return written
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg in ("--images", "--model") or arg.startswith(("--images=", "--model=")) for arg in argv):
+        from .predict_images import main as predict_images
+        return predict_images(argv)
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.predict", description=__doc__.split("\n")[0],
-                                     epilog="Every other argument (--config, overrides) goes to train.py's parser.",
+                                     epilog="Every other argument (--config, overrides) goes to train.py's parser. "
+                                            "To predict any images instead: --ckpt_path CKPT (or --model EXPORT_DIR) "
+                                            "--images ... --out preds.csv (add --help after --images X for its "
+                                            "options).",
                                      allow_abbrev=False)
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by train.py")
     parser.add_argument("--out", required=True, help="folder for the prediction files")

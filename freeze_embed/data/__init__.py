@@ -7,9 +7,10 @@ from .domainnet import DomainNet
 from .errors import DataFormatError, DataRootError, ImageReadError
 from .fmow import FMoW
 from .folds import HoldOutFold
+from .image_folders import ImageFolders
 from .living17 import Living17
 from .waterbirds import Waterbirds
 from .wilds import WildsDataModule
 
-__all__ = ["ShiftDataModule", "WildsDataModule", "HoldOutFold", "DemoShift", "Waterbirds", "FMoW", "Camelyon17", "DomainNet",
+__all__ = ["ShiftDataModule", "WildsDataModule", "HoldOutFold", "ImageFolders", "DemoShift", "Waterbirds", "FMoW", "Camelyon17", "DomainNet",
            "Living17", "CIFAR10", "DataRootError", "DataFormatError", "ImageReadError"]

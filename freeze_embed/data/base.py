@@ -9,11 +9,11 @@ is evaluated each epoch and logged under its own name.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..backbones import normalization
 from ..paper import SELECTION_METRIC
@@ -49,6 +49,8 @@ class ShiftDataModule(L.LightningDataModule):
         backbone: the model's spec string (linked from ``model.backbone`` by the CLI): inputs are normalised with the
             backbone's own mean/std, since CLIP's differ from ImageNet's.
         download: fetch the data into ``root`` when it is missing (needs internet).
+        backbone_kwargs: the backbone's constructor arguments (linked from ``model.backbone_kwargs``): a dataset
+            preprocessed as the backbone was (``ImageFolders``) reads its input size from them.
     """
 
     num_classes: int = 0
@@ -63,12 +65,14 @@ class ShiftDataModule(L.LightningDataModule):
     paper_epochs: Optional[int] = None
     class_names: Optional[Sequence[str]] = None  # None: no zero-shot head (zeroshot.prompts says so)
     prompt_templates: str = "simple"
+    class_weights: Optional[torch.Tensor] = None  # weights of the training cross-entropy (ImageFolders' balance)
 
     def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 2,
-                 backbone: Optional[str] = None, download: bool = False):
+                 backbone: Optional[str] = None, download: bool = False,
+                 backbone_kwargs: Optional[dict[str, Any]] = None):
         super().__init__()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
-        self.backbone, self.download = backbone, download
+        self.backbone, self.download, self.backbone_kwargs = backbone, download, backbone_kwargs
         # ``root`` stays as given (errors quote it); every path on disk is built from ``root_dir``
         self.root_dir: Optional[str] = os.path.abspath(os.path.expanduser(str(root))) if root else None
         self.mean, self.std = normalization(backbone)
@@ -110,18 +114,19 @@ class ShiftDataModule(L.LightningDataModule):
         for name in self.eval_names:
             self.split(name)
 
-    def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        """A DataLoader over ``dataset`` as training (``shuffle``) or evaluation reads it, also for the probe."""
-        sampler = None
+    def loader(self, dataset: Dataset, shuffle: bool, sampler: Optional[Sampler] = None) -> DataLoader:
+        """A DataLoader over ``dataset`` as training (``shuffle``, or a training ``sampler``) or evaluation reads
+        it, also for the probe."""
         trainer = self.trainer
-        if not shuffle and trainer is not None and trainer.world_size > 1:
+        training = shuffle or sampler is not None  # Lightning distributes a training sampler across processes
+        if not training and trainer is not None and trainer.world_size > 1:
             # Each example evaluated exactly once across processes: exact metrics under DDP.
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size,
                                                    rank=trainer.global_rank, shuffle=False)
         # Training workers restart each epoch so their seeds come from the (checkpointed) main RNG: exact resume.
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0 and not shuffle,
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0 and not training,
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:

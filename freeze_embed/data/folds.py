@@ -6,7 +6,7 @@ subset by the mean over K folds of the training set, so the search never looks a
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
@@ -28,17 +28,20 @@ class HoldOutFold(ShiftDataModule):
     selection_metric = f"{FOLD_SET}/acc"
 
     def __init__(self, data: ShiftDataModule, fold: int = 0, folds: int = 5, seed: int = 0,
-                 backbone: Optional[str] = None):
+                 backbone: Optional[str] = None, backbone_kwargs: Optional[dict[str, Any]] = None):
         if not 0 <= fold < folds:
             raise ValueError(f"HoldOutFold fold {fold} does not exist: folds are 0..{folds - 1}.")
         super().__init__(root=data.root, batch_size=data.batch_size, num_workers=data.num_workers,
-                         backbone=backbone or data.backbone)
+                         backbone=backbone or data.backbone,
+                         backbone_kwargs=backbone_kwargs if backbone_kwargs is not None else data.backbone_kwargs)
+        if backbone_kwargs is not None:
+            data.backbone_kwargs = backbone_kwargs
         if backbone is not None and backbone != data.backbone:  # the CLI links model.backbone to this module only
             data.backbone = backbone
             data.mean, data.std = normalization(backbone)
         self.data, self.fold, self.folds, self.seed = data, fold, folds, seed
         for attr in ("num_classes", "train_split", "groups", "excluded_groups", "worst_group_name", "id_metric",
-                     "ood_metric", "paper_epochs", "class_names", "prompt_templates"):
+                     "ood_metric", "paper_epochs", "class_names", "prompt_templates", "class_weights"):
             setattr(self, attr, getattr(data, attr))
         self.eval_names = (FOLD_SET, *data.eval_names)
 

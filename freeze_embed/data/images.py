@@ -14,11 +14,23 @@ from torch.utils.data import Dataset
 from .errors import ImageReadError
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode as 8-bit RGB: grayscale, palette, RGBA, CMYK as PIL converts them; 16-bit and 32-bit integer
+    grayscale scaled from 0-65535 (PIL's own ``convert`` would clip them to 0-255, i.e. nearly all white)."""
+    if im.mode.startswith("I"):
+        im = Image.fromarray((np.clip(np.asarray(im, dtype=np.float64), 0, 65535) / 257).round().astype(np.uint8))
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        arr = arr * 255 if arr.size and arr.max() <= 1 else arr
+        im = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
+    return im.convert("RGB")
+
+
 def load_rgb(path: str) -> Image.Image:
     """Open an image as RGB, or raise ImageReadError naming the file."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")  # convert() loads the pixels, so truncated files fail here, not later
+            return to_rgb(im)  # convert() loads the pixels, so truncated files fail here, not later
     except FileNotFoundError as err:
         raise ImageReadError(f"Image file '{path}' is missing (listed in the split/metadata but not on disk); "
                              "re-extract the dataset.") from err
