@@ -128,7 +128,7 @@ def test_in_backward_weights_equal_the_standard_step_with_exemptions():
         loss = torch.nn.functional.cross_entropy(m(x), y)
         loss.backward()
         opt.step()
-    for (n, a), (_, b) in zip(*(m.named_parameters() for m in models)):
+    for (n, a), (_, b) in zip(*(m.named_parameters() for m in models), strict=True):
         assert torch.allclose(a, b, atol=1e-7), n
 
 
