@@ -40,7 +40,7 @@ class Anatomy:
     norms: frozenset = field(default_factory=frozenset)   # names of parameters that belong to norm layers
     embed_modules: list[str] = field(default_factory=list)  # the embed prefixes, for display and variants
     proj: list[str] = field(default_factory=list)  # the projection into the head's input (also in blocks[-1])
-    tokens: list[str] = field(default_factory=list)  # class/position tokens not in embed (also in blocks[0])
+    tokens: list[str] = field(default_factory=list)  # class/position tokens (in blocks[0], or embed if embed_tokens)
     top: list[str] = field(default_factory=list)  # after the last block: final norm, projection (also in blocks[-1])
 
     @property
@@ -152,10 +152,11 @@ def resolve_anatomy(backbone: Backbone, head: nn.Module, *, embed: Optional[Sequ
         blocks = [[]]
     # Leftovers go to the nearest block: tokens to the bottom one, the rest (final norm, CLIP's projection,
     # pooling) to the top one.
-    leftover_tokens, top = [], []
+    top = []
     for n in names:
         if n not in taken:
-            (leftover_tokens if n in tokens else top).append(n)
+            if n not in tokens:
+                top.append(n)
             (blocks[0] if n in tokens else blocks[-1]).append(n)
     order = {n: i for i, n in enumerate(names)}
     blocks = [sorted(b, key=order.__getitem__) for b in blocks if b]
@@ -170,6 +171,6 @@ def resolve_anatomy(backbone: Backbone, head: nn.Module, *, embed: Optional[Sequ
         norms=frozenset(prefix + n for n in norms),
         embed_modules=list(embed_prefixes),
         proj=[prefix + n for n in names if backbone.library == "open_clip" and n == "proj"],
-        tokens=[prefix + n for n in leftover_tokens],
+        tokens=[prefix + n for n in names if n in tokens],
         top=[prefix + n for n in top],
     )

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -115,20 +115,24 @@ class InBackward(torch.optim.Optimizer):
     """
 
     def __init__(self, named_params: dict[str, nn.Parameter], plan: dict[str, float],
-                 factory: Callable[[Iterable], torch.optim.Optimizer], per_tensor: bool = False):
-        groups = param_groups(named_params, plan, per_tensor)
+                 factory: Callable[[Iterable], torch.optim.Optimizer], per_tensor: bool = False,
+                 no_weight_decay: Collection[str] = frozenset()):
+        groups = param_groups(named_params, plan, per_tensor, no_weight_decay)
         super().__init__(groups, {"lr": 0.0})
         self.grad_bytes = _GradBytes()
         self.per_param: dict[str, torch.optim.Optimizer] = {}
         self._handles: list = []
         flags = {name: p.requires_grad for name, p in named_params.items()}
-        reference = build_optimizer(factory, param_groups(named_params, plan, per_tensor))  # the standard step's LRs
+        # the standard step's groups: their LRs and weight decays
+        reference = build_optimizer(factory, param_groups(named_params, plan, per_tensor, no_weight_decay))
         if reference.defaults.get("max_grad_norm") is not None:  # timm's Lamb clips by the norm of all gradients
             warnings.warn(f"{type(reference).__name__}(max_grad_norm={reference.defaults['max_grad_norm']}) in "
                           "backward clips each parameter by its own gradient norm, not by the global norm; set "
                           "max_grad_norm to null for the same method as the standard step.", stacklevel=2)
         for group, built in zip(self.param_groups, reference.param_groups):
             group["lr"] = group["initial_lr"] = built["lr"]  # base LR x lr_scale, as build_optimizer sets it
+            if "weight_decay" in built:
+                group["weight_decay"] = built["weight_decay"]
             for name, p in zip(group["names"], group["params"]):
                 p.requires_grad_(True)  # a hook needs it; parameters frozen this epoch (gradual) get it back below
                 self._attach(name, p, group, factory)
@@ -137,7 +141,8 @@ class InBackward(torch.optim.Optimizer):
 
     def _attach(self, name: str, p: nn.Parameter, group: dict, factory) -> None:
         def make(params, **_):
-            opt = build_optimizer(factory, [{"params": list(params), "lr_scale": group["lr_scale"], "names": [name]}])
+            own = {k: group[k] for k in ("lr_scale", "weight_decay") if k in group}  # as optim.param_groups
+            opt = build_optimizer(factory, [{"params": list(params), "names": [name], **own}])
             opt.__class__ = _gated(type(opt))  # same object and state, a step that can be switched off
             opt.source, opt.counter = group, self.grad_bytes
             self.per_param[name] = opt

@@ -23,8 +23,8 @@ from .data.preprocess import resolve_preprocess
 from . import in_backward, zeroshot
 from .metrics import GroupAccuracy, metrics_for
 from .rng import rng_states, set_rng_states
-from .optim import (SGD, build_optimizer, cosine_factor, group_names, optimizer_state_bytes, param_groups,
-                    tensor_bytes)
+from .optim import (SGD, Group, build_optimizer, cosine_factor, group_names, no_weight_decay_names,
+                    optimizer_state_bytes, param_groups, tensor_bytes)
 from .strategies import FullFineTune, Strategy
 
 # Test metrics are "test/<set>/<metric>". Waterbirds' evaluation set is itself named "test" ("test/test/acc"), so
@@ -57,6 +57,9 @@ class FineTuner(L.LightningModule):
             open_clip backbones only), as WiSE-FT starts.
         trust_pickle: read a local ``pretrained`` file with full pickle, which can run code: only for a file you
             trust that ``.safetensors`` or ``weights_only`` loading refuses (by default such a file is refused).
+        no_weight_decay: parameters the optimizer's weight decay skips, by kind (``optim.NO_WEIGHT_DECAY``):
+            ``norms_and_biases`` (every tensor of at most one dimension), ``tokens`` (class/position tokens). Empty
+            (default): all decay, as the authors ran every method; MAE's recipe exempts both.
     """
 
     def __init__(self, backbone: str = "timm:vit_base_patch16_224.augreg_in21k",
@@ -66,7 +69,7 @@ class FineTuner(L.LightningModule):
                  grad_checkpointing: bool = False,
                  lr_schedule: Literal["cosine_per_step", "cosine_per_epoch"] = "cosine_per_step",
                  optimizer_in_backward: bool = False, head_init: Literal["random", "zeroshot"] = "random",
-                 trust_pickle: bool = False):
+                 trust_pickle: bool = False, no_weight_decay: Sequence[str] = ()):
         super().__init__()
         self.save_hyperparameters(ignore=["strategy", "optimizer"])
         if head_init == "zeroshot":
@@ -78,6 +81,7 @@ class FineTuner(L.LightningModule):
         self.head = head(built.num_features, num_classes)  # fresh; a zero-shot head is filled in setup("fit")
         self.anatomy = resolve_anatomy(built, self.head, embed=embed, embed_tokens=embed_tokens)
         self.strategy = strategy if strategy is not None else FullFineTune()
+        self.no_weight_decay = no_weight_decay_names(dict(self.named_parameters()), self.anatomy, no_weight_decay)
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.planned_epochs = 1
@@ -112,10 +116,11 @@ class FineTuner(L.LightningModule):
         """``{name: LR scale}`` trained in ``epoch`` (the words are defined in ``strategies/base.py``)."""
         return self.strategy.trained_in(self.anatomy, epoch, self.max_epochs)
 
-    def groups_in_epoch(self, epoch: int) -> list[tuple[float, list[str]]]:
-        """``[(multiplier of the base LR, names)]`` trained in ``epoch``: the optimizer's groups and the strategy's
-        per-epoch factor, from the code training uses (``parts`` prints this)."""
-        return group_names(self.trained_in(epoch), self.strategy.epoch_lr_factor(epoch, self.max_epochs))
+    def groups_in_epoch(self, epoch: int) -> list[Group]:
+        """The optimizer's groups trained in ``epoch`` (multiplier of the base LR, names, whether weight decay skips
+        them), the strategy's per-epoch factor applied, from the code training uses (``parts`` prints this)."""
+        return group_names(self.trained_in(epoch), self.strategy.epoch_lr_factor(epoch, self.max_epochs),
+                           no_weight_decay=self.no_weight_decay)
 
     def freeze_for(self, epoch: int) -> None:
         """Set ``requires_grad`` for ``epoch``: only the parameters trained in that epoch get gradients.
@@ -180,9 +185,11 @@ class FineTuner(L.LightningModule):
             if self._in_backward is not None:
                 self._in_backward.detach()  # a second fit (or benchmark) attaches anew
             self._in_backward = in_backward.InBackward(dict(self.named_parameters()), self.ever_trained(),
-                                                       self.optimizer_factory, self.strategy.per_tensor_groups)
+                                                       self.optimizer_factory, self.strategy.per_tensor_groups,
+                                                       self.no_weight_decay)
             return self._in_backward
-        groups = param_groups(dict(self.named_parameters()), self.ever_trained(), self.strategy.per_tensor_groups)
+        groups = param_groups(dict(self.named_parameters()), self.ever_trained(), self.strategy.per_tensor_groups,
+                              self.no_weight_decay)
         return build_optimizer(self.optimizer_factory, groups)
 
     def lr_schedule_fn(self):

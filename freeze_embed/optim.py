@@ -8,10 +8,15 @@ authors ran them) or ``timm.optim`` (``configs/method/``), and any other torch o
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional
+from typing import Callable, Collection, Iterable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .anatomy import Anatomy
+from .errors import FreezeEmbedError
+
+NO_WEIGHT_DECAY = ("norms_and_biases", "tokens")
 
 
 class SGD(torch.optim.SGD):
@@ -34,26 +39,58 @@ class AdamW(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def group_names(plan: dict[str, float], epoch_factor: Optional[float] = None,
-                per_tensor: bool = False) -> list[tuple[float, list[str]]]:
-    """``[(lr_scale, names)]``, one group per LR scale, largest first: the one grouping the optimizer gets and
-    ``parts`` shows. With ``epoch_factor`` (a strategy's per-epoch LR factor), each scale is multiplied by it:
-    the multiplier of the base LR those parameters really get in that epoch. ``per_tensor``: one group per tensor
-    (strategies that rescale tensors each epoch, :mod:`freeze_embed.epoch_rescale`)."""
-    if per_tensor:
-        factor = 1.0 if epoch_factor is None else epoch_factor
-        return [(s * factor, [n]) for n, s in plan.items()]
-    groups: dict[float, list[str]] = {}
-    for name, scale in plan.items():
-        groups.setdefault(scale, []).append(name)
+class NoWeightDecayError(FreezeEmbedError, ValueError):
+    """A ``model.no_weight_decay`` entry that names no kind of parameter."""
+
+
+def no_weight_decay_names(named_params: dict[str, nn.Parameter], anatomy: Anatomy, kinds: Sequence[str]) -> frozenset:
+    """Names of the parameters weight decay skips. ``norms_and_biases``: every tensor of at most one dimension
+    (biases, norm scales and shifts; also layer-scale gammas and CLIP's 1-D class embedding), MAE's ``p.ndim == 1``
+    in ``util/lr_decay.py`` and timm's ``param_groups_weight_decay``; ``tokens``: the class, register and position
+    tokens (``anatomy.tokens``), MAE's ``no_weight_decay_list`` (timm's ``VisionTransformer.no_weight_decay()``)."""
+    unknown = [k for k in kinds if k not in NO_WEIGHT_DECAY]
+    if unknown:
+        raise NoWeightDecayError(f"model.no_weight_decay {unknown} names no kind of parameter; choose from "
+                                 f"{', '.join(NO_WEIGHT_DECAY)}.")
+    names = set()
+    if "norms_and_biases" in kinds:
+        names |= {n for n, p in named_params.items() if p.ndim <= 1}
+    if "tokens" in kinds:
+        names |= set(anatomy.tokens)
+    return frozenset(names)
+
+
+class Group(NamedTuple):
+    """One optimizer group: its multiplier of the base LR, its parameter names, and whether weight decay skips it."""
+    lr_scale: float
+    names: list[str]
+    no_weight_decay: bool = False
+
+
+def group_names(plan: dict[str, float], epoch_factor: Optional[float] = None, per_tensor: bool = False,
+                no_weight_decay: Collection[str] = frozenset()) -> list[Group]:
+    """One group per LR scale, largest first, split in two where ``no_weight_decay`` (names) exempts some: the one
+    grouping the optimizer gets and ``parts`` shows. With ``epoch_factor`` (a strategy's per-epoch LR factor), each
+    scale is multiplied by it: the multiplier of the base LR those parameters really get in that epoch.
+    ``per_tensor``: one group per tensor (strategies that rescale tensors each epoch,
+    :mod:`freeze_embed.epoch_rescale`)."""
     factor = 1.0 if epoch_factor is None else epoch_factor
-    return [(s * factor, names) for s, names in sorted(groups.items(), key=lambda kv: -kv[0])]
+    if per_tensor:
+        return [Group(s * factor, [n], n in no_weight_decay) for n, s in plan.items()]
+    groups: dict[tuple[float, bool], list[str]] = {}
+    for name, scale in plan.items():
+        groups.setdefault((scale, name in no_weight_decay), []).append(name)
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))  # decayed before exempt
+    return [Group(s * factor, names, exempt) for (s, exempt), names in ordered]
 
 
-def param_groups(named_params: dict[str, nn.Parameter], plan: dict[str, float], per_tensor: bool = False) -> list[dict]:
-    """Optimizer groups of :func:`group_names`; each carries ``lr_scale`` (the MAE convention) and its names."""
-    return [{"params": [named_params[n] for n in names], "lr_scale": s, "names": names}
-            for s, names in group_names(plan, per_tensor=per_tensor)]
+def param_groups(named_params: dict[str, nn.Parameter], plan: dict[str, float], per_tensor: bool = False,
+                 no_weight_decay: Collection[str] = frozenset()) -> list[dict]:
+    """Optimizer groups of :func:`group_names`; each carries ``lr_scale`` (the MAE convention) and its names, and an
+    exempt group ``weight_decay: 0`` (the others take the optimizer's)."""
+    return [{"params": [named_params[n] for n in g.names], "lr_scale": g.lr_scale, "names": g.names,
+             **({"weight_decay": 0.0} if g.no_weight_decay else {})}
+            for g in group_names(plan, per_tensor=per_tensor, no_weight_decay=no_weight_decay)]
 
 
 def build_optimizer(factory: Callable[[Iterable], torch.optim.Optimizer], groups: list[dict]) -> torch.optim.Optimizer:

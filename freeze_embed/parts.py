@@ -5,7 +5,8 @@
 Random weights by default (``--pretrained false``), so it works offline. Frozen parameters are in no group. The
 groups are the FineTuner's own (:meth:`~freeze_embed.module.FineTuner.groups_in_epoch`, the code that builds the
 optimizer); ``lr_scale`` is the multiplier of the base LR those parameters get in that epoch (group scale x the
-strategy's per-epoch factor, e.g. 41.7 in gradual unfreezing's first epoch).
+strategy's per-epoch factor, e.g. 41.7 in gradual unfreezing's first epoch); ``--no-weight-decay`` splits off the
+groups weight decay skips (``model.no_weight_decay``).
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def describe(module, with_groups: bool, epochs: int) -> dict:
            "embed_fraction": count(anatomy.embed) / total, "num_params": total}
     if with_groups:
         module.planned_epochs = epochs
-        out["epochs"] = [[{"lr_scale": s, "names": names} for s, names in module.groups_in_epoch(e)]
-                         for e in range(epochs)]
+        out["epochs"] = [[{"lr_scale": g.lr_scale, "names": g.names, "no_weight_decay": g.no_weight_decay}
+                          for g in module.groups_in_epoch(e)] for e in range(epochs)]
         if module.strategy.per_tensor_groups:
             out["note"] = (f"{type(module.strategy).__name__} gives each tensor its own group and sets its LR scale "
                            "at the start of every epoch from the training data (shown: the scales before that).")
@@ -77,7 +78,9 @@ def _print(info: dict, named: dict[str, nn.Parameter], embed_modules: list[str])
         trained = sum(count(g["names"]) for g in groups)
         print(f"\nepoch {epoch}: {trained:,} trainable, {total - trained:,} frozen")
         for g in groups:
-            print(f"  lr_scale {g['lr_scale']:<10.4g} {len(g['names']):>4} tensors, {count(g['names']):>12,} params")
+            exempt = "  no weight decay" if g["no_weight_decay"] else ""
+            print(f"  lr_scale {g['lr_scale']:<10.4g} {len(g['names']):>4} tensors, {count(g['names']):>12,} params"
+                  f"{exempt}")
     if info.get("note"):
         print(f"\n{info['note']}")
 
@@ -93,13 +96,16 @@ def main(argv=None) -> int:
     parser.add_argument("--embed-tokens", action="store_true", help="count cls/pos tokens as embed")
     parser.add_argument("--backbone-kwargs", default="{}", help="YAML/JSON dict for the library constructor")
     parser.add_argument("--num-classes", type=int, default=2)
+    parser.add_argument("--no-weight-decay", nargs="*", default=[], metavar="KIND",
+                        help="parameters weight decay skips: norms_and_biases, tokens (model.no_weight_decay)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     pretrained = {"false": False, "true": True}.get(args.pretrained.lower(), args.pretrained)
     try:
         module = build_module(args.backbone, args.strategy, yaml.safe_load(args.strategy_args), pretrained=pretrained,
                               num_classes=args.num_classes, embed=args.embed, embed_tokens=args.embed_tokens,
-                              backbone_kwargs=yaml.safe_load(args.backbone_kwargs))
+                              backbone_kwargs=yaml.safe_load(args.backbone_kwargs),
+                              no_weight_decay=args.no_weight_decay)
         named = dict(module.named_parameters())
         anatomy = module.anatomy
         info = describe(module, args.strategy is not None, args.epochs)

@@ -2,7 +2,8 @@
 
 Features come from the frozen backbone with test-time transforms; scikit-learn's ``LogisticRegression`` is fit for
 every C in ``logspace(-7, 2, 50)`` on standardised features and the C with the best validation accuracy wins. The
-winning classifier, mapped back to raw features, becomes the FineTuner's linear head (LP, and the start of LP-FT).
+winning classifier, mapped back to the features the head sees (:func:`head_inputs`), becomes the FineTuner's linear
+head (LP, and the start of LP-FT).
 Under DDP every rank extracts its shard, rank 0 fits on the whole training set and broadcasts the head.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .zeroshot import NormalizedLinear
 
 PAPER_C_GRID = tuple(np.logspace(-7, 2, 50).tolist())
 ABSENT_MARGIN = 10.0  # logits of classes absent from training sit this far below the mean of the present ones
@@ -94,6 +97,15 @@ def fit_probe(x_train, y_train, x_val, y_val, num_classes: int, Cs: Sequence[flo
     for name, (x, y) in (extra or {}).items():
         out[f"{name}_acc"] = float(np.mean(clf.predict(norm(x)) == y))
     return out
+
+
+def head_inputs(head: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The features the head's linear map sees: a zero-shot head (``NormalizedLinear``) L2-normalises its input, so
+    the probe fits on normalised features and the head's logits stay the classifier's decision function."""
+    if isinstance(head, NormalizedLinear):
+        x = np.asarray(x, dtype=np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x
 
 
 def _cache_path(cache_dir: Optional[str], key: str) -> Optional[str]:
@@ -183,6 +195,7 @@ def probe_head(module, Cs: Sequence[float] = PAPER_C_GRID, cache_dir: Optional[s
     feats = {n: split_features(module, n, key, cache_dir) for n in dict.fromkeys(names)}
     group, fit, failure = _waiting_group(trainer), None, None
     if trainer.global_rank == 0:
+        feats = {n: (head_inputs(module.head, x), y) for n, (x, y) in feats.items()}
         extra = {"id_val": feats["id_val"]} if "id_val" in feats and select_on != "id_val" else None
         try:
             fit = fit_probe(*feats[dm.train_split], *feats[select_on], num_classes=module.head.out_features,

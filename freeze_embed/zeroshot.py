@@ -8,7 +8,9 @@ from zero-shot CLIP, which WiSE-FT's weight interpolation (``freeze_embed.wise_f
 
 The contract with the FineTuner: ``check_backbone(spec)`` when the model is built (before any download);
 ``head = NormalizedLinear(num_features, num_classes)``; in ``setup('fit')``
-``head.weight.copy_(zeroshot_weights(spec, pretrained, *prompts(datamodule), backbone_kwargs))``, bias zero.
+``head.weight.copy_(zeroshot_weights(spec, pretrained, *prompts(datamodule), backbone_kwargs))``, bias zero. A linear
+probe (LP, LP-FT) replaces these weights by a classifier fitted on the normalised features (``probe.head_inputs``);
+L2-SP counts the zero-shot head as pretrained (in theta_0).
 """
 from __future__ import annotations
 

@@ -50,9 +50,12 @@ EXPECTED = {
     "sgd_no_momentum": ({"class_path": S + "FullFineTune"}, NO_MOMENTUM, "sgd"),
     "sgd_weight_decay": ({"class_path": S + "FullFineTune"}, {**SGD, "weight_decay": 0.01}, "sgd"),
     "sgd_freeze_stem": ({**FE, "parts": ["stem"]}, SGD, "sgd"),
-    "l2sp": ({"class_path": L2SP, "alpha": 0.01, "beta": 0.01, "strategy": {"class_path": S + "FullFineTune"}}, SGD,
-             "sgd"),
-    "l2sp_freeze_embed": ({"class_path": L2SP, "alpha": 0.01, "beta": 0.01, "strategy": FE}, SGD, "sgd"),
+    "l2sp": ({"class_path": L2SP, "alpha": 0.01, "beta": 0.01, "form": "paper",
+              "strategy": {"class_path": S + "FullFineTune"}}, SGD, "sgd"),
+    "l2sp_freeze_embed": ({"class_path": L2SP, "alpha": 0.01, "beta": 0.01, "form": "paper", "strategy": FE}, SGD,
+                          "sgd"),
+    "l2sp_authors": ({"class_path": L2SP, "alpha": 0.01, "beta": None, "form": "authors",  # l2sp_weight: 0.01
+                      "strategy": {"class_path": S + "FullFineTune"}}, SGD, "sgd"),
     # which layers to tune: surgical fine-tuning, Auto-RGN (anniesch/surgical-finetuning), MAE's layer decay
     "sgd_surgical_last": ({"class_path": S + "TrainBlocks", "blocks": "last", "embed": False, "head": True}, SGD, "sgd"),
     "sgd_auto_rgn": ({"class_path": S + "AutoRGN", "num_batches": 5, "reset_state": True, "skip_norms": False}, SGD,

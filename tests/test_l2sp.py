@@ -6,16 +6,18 @@ import pandas as pd
 import pytest
 import torch
 
+from freeze_embed.errors import FreezeEmbedError
 from freeze_embed.module import FineTuner
-from freeze_embed.strategies import L2SP, FreezeEmbed, FullFineTune, Strategy
+from freeze_embed.strategies import L2SP, LPFT, FreezeEmbed, FullFineTune, LinearProbe, Strategy
 
 from helpers import results, run_cli, tiny_demo_args
 
 TINY = dict(img_size=16, patch_size=8, depth=2, embed_dim=8, num_heads=2)
 
 
-def model(strategy) -> FineTuner:
+def model(strategy, head_init: str = "random") -> FineTuner:
     m = FineTuner(backbone="timm:vit_tiny_patch16_224", backbone_kwargs=dict(TINY), num_classes=3, strategy=strategy)
+    m.hparams.head_init = head_init  # what L2SP reads; a real zero-shot head needs CLIP (tests/test_zeroshot.py)
     m.freeze_for(0)
     strategy.on_fit_start(m)  # captures theta_0, as fit does
     return m
@@ -100,8 +102,11 @@ def test_state_round_trip_keeps_theta_0_and_the_inner_state():
 def test_defaults_and_bad_values():
     s = L2SP()
     assert (s.alpha, s.beta, type(s.strategy)) == (0.01, 0.01, FullFineTune)
-    with pytest.raises(ValueError, match="alpha >= 0 and beta >= 0"):
+    with pytest.raises(FreezeEmbedError, match="alpha >= 0 and beta >= 0"):
         L2SP(alpha=-1.0)
+    with pytest.raises(FreezeEmbedError, match="no beta term"):
+        L2SP(beta=0.01, form="authors")
+    assert L2SP(form="authors").beta == 0.0
     m = FineTuner(backbone="timm:vit_tiny_patch16_224", backbone_kwargs=dict(TINY), num_classes=3, strategy=s)
     with pytest.raises(RuntimeError, match="on_fit_start"):
         s.penalty(m)
@@ -120,3 +125,53 @@ def test_tiny_fit_logs_the_penalty_and_keeps_theta_0_in_checkpoints(tmp_path):
     assert "backbone.patch_embed.proj.weight" not in theta0 and "backbone.blocks.0.attn.qkv.weight" in theta0
     moved = ckpt["state_dict"]["backbone.blocks.0.attn.qkv.weight"]
     assert not torch.equal(moved, theta0["backbone.blocks.0.attn.qkv.weight"])  # theta_0 is not the trained value
+
+
+def get_l2_dist(weight_dict1, weight_dict2, ignore=".fc."):
+    """AnanyaKumar/transfer_learning ``unlabeled_extrapolation/baseline_train.py`` (on CPU: no ``.cuda()``)."""
+    l2_dist = torch.tensor(0.0)
+    for key in weight_dict1:
+        if ignore not in key:
+            l2_dist += torch.sum(torch.square(weight_dict1[key] - weight_dict2[key]))
+    return l2_dist
+
+
+def test_authors_form_is_their_l2sp_weight_times_get_l2_dist_head_included():
+    m = model(L2SP(alpha=0.01, form="authors"))
+    initial = {n: p.detach().clone() for n, p in m.named_parameters()}  # their weight_dict_initial
+    qkv = "backbone.blocks.0.attn.qkv.weight"
+    perturb(m, {qkv: 0.3, "head.weight": 0.5, "head.bias": -2.0})
+    params = dict(m.named_parameters())
+    expected = 0.01 * (192 * 0.09 + 24 * 0.25 + 3 * 4.0)  # no 1/2, the head pulled to its start, no beta term
+    penalty = m.strategy.penalty(m)
+    assert penalty.item() == pytest.approx(expected)
+    assert penalty.item() == pytest.approx(0.01 * get_l2_dist(initial, params).item())
+    penalty.backward()
+    assert torch.allclose(params[qkv].grad, torch.full_like(params[qkv], 2 * 0.01 * 0.3))
+    assert torch.allclose(params["head.weight"].grad, torch.full_like(params["head.weight"], 2 * 0.01 * 0.5))
+
+
+def test_a_zero_shot_head_is_pretrained_so_alpha_pulls_it_to_theta_0():
+    m = model(L2SP(alpha=0.1, beta=0.02), head_init="zeroshot")
+    assert {"head.weight", "head.bias"} <= set(m.strategy.state_dict()["theta0"])
+    assert m.strategy.penalty(m).item() == 0.0  # at theta_0, and no beta / 2 ||w||^2 on a pretrained head
+    perturb(m, {"head.bias": -2.0})
+    assert m.strategy.penalty(m).item() == pytest.approx(0.5 * 0.1 * 3 * 4.0)
+
+
+class FixedProbe(LinearProbe):
+    """Stands for the logistic-regression fit: the head it leaves behind."""
+
+    def on_fit_start(self, module):
+        with torch.no_grad():
+            module.head.weight.fill_(0.7)
+
+
+@pytest.mark.parametrize("make", [lambda: L2SP(alpha=1.0, form="authors", strategy=LPFT(probe=FixedProbe())),
+                                  lambda: LPFT(finetune=L2SP(alpha=1.0, form="authors"), probe=FixedProbe())],
+                         ids=["L2SP(LPFT)", "LPFT(L2SP)"])
+def test_theta_0_is_the_probed_head_in_either_order(make):
+    m = model(make())
+    l2sp = m.strategy if isinstance(m.strategy, L2SP) else m.strategy.finetune
+    assert torch.equal(l2sp.state_dict()["theta0"]["head.weight"], torch.full((3, 8), 0.7))
+    assert m.strategy.penalty(m).item() == 0.0

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from freeze_embed import probe
 from freeze_embed.probe import PAPER_C_GRID, feature_stats, fit_logistic_regression, head_weights, probe_head
+from freeze_embed.zeroshot import NormalizedLinear
 from helpers import ROOT, run_cli, tiny_demo_args
 
 
@@ -102,11 +103,11 @@ class _DM:
         return DataLoader(dataset, batch_size=7, shuffle=shuffle)
 
 
-def _module(splits, num_classes):
+def _module(splits, num_classes, head=nn.Linear):
     trainer = SimpleNamespace(datamodule=_DM(splits), global_rank=0, world_size=1,
                               strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
     d = splits["train"][0].shape[1]
-    return SimpleNamespace(trainer=trainer, backbone=_Identity(), head=nn.Linear(d, num_classes),
+    return SimpleNamespace(trainer=trainer, backbone=_Identity(), head=head(d, num_classes),
                            hparams=SimpleNamespace(backbone="fake", pretrained=None))
 
 
@@ -163,6 +164,24 @@ def test_head_from_probe_head_equals_an_independent_fit(tmp_path):
     again.backbone.forward = lambda x: pytest.fail("features should come from the cache")
     assert probe_head(again, Cs=PAPER_C_GRID[::5], cache_dir=str(tmp_path)) == result
     assert torch.equal(again.head.weight, module.head.weight) and torch.equal(again.head.bias, module.head.bias)
+
+
+@pytest.mark.parametrize("head", [nn.Linear, NormalizedLinear])
+def test_each_heads_logits_are_the_decision_function_of_the_features_it_sees(head):
+    """A zero-shot head (``model.head_init: zeroshot``) L2-normalises its input: the probe fits on those features,
+    so the head it fills (LP, LP-FT) computes the chosen classifier's decision function, as the plain head does."""
+    x, y = blobs(120, 3, seed=4)
+    xv, yv = blobs(60, 3, seed=5)
+    module = _module({"train": (x, y), "id_val": (xv, yv), "ood_val": (xv, yv)}, 3, head)
+    result = probe_head(module, Cs=PAPER_C_GRID[::5])
+    seen = (lambda a: a / np.linalg.norm(a.astype(np.float64), axis=1, keepdims=True)) if head is NormalizedLinear \
+        else (lambda a: a)
+    clf, C, _ = fit_logistic_regression(standardise(seen(x), seen(x)), y, standardise(seen(xv), seen(x)), yv,
+                                        PAPER_C_GRID[::5])
+    assert result["C"] == C
+    logits = module.head(torch.as_tensor(xv)).detach().double().numpy()
+    decision = clf.decision_function(standardise(seen(xv), seen(x)))
+    np.testing.assert_allclose(logits, decision, rtol=1e-4, atol=1e-3 * np.abs(decision).max())
 
 
 def test_sklearn_gets_the_authors_settings_and_ties_keep_the_first(monkeypatch):

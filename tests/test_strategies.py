@@ -25,7 +25,7 @@ def vit():
 def groups(strategy, anatomy, epoch=0, epochs=1):
     """What the optimizer gets in ``epoch``: the grouping training uses, with the strategy's epoch factor."""
     plan = strategy.trained_in(anatomy, epoch, epochs)
-    return [(s, sorted(names)) for s, names in group_names(plan, strategy.epoch_lr_factor(epoch, epochs))]
+    return [(s, sorted(names)) for s, names, _ in group_names(plan, strategy.epoch_lr_factor(epoch, epochs))]
 
 
 def test_full_fine_tune_trains_everything_at_scale_1(vit):

@@ -13,6 +13,7 @@ from .linear_probe import LinearProbe
 from .layer_decay import LayerDecay
 from .lp_ft import LPFT
 from .train_blocks import TrainBlocks
+from .wrapper import Wrapper
 
 __all__ = ["Strategy", "FullFineTune", "FreezeEmbed", "EmbedLRScale", "GradualUnfreeze", "LinearProbe", "LPFT",
-           "TrainBlocks", "LayerDecay", "AutoRGN", "L2SP"]
+           "TrainBlocks", "LayerDecay", "AutoRGN", "L2SP", "Wrapper"]

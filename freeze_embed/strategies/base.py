@@ -26,6 +26,9 @@ A strategy only answers these questions; the FineTuner does the side effects (``
 * ``state_dict()`` / ``load_state_dict(state)``: what such work leaves behind that a resumed run must not redo
   (the FineTuner saves it in every checkpoint and restores it before ``on_fit_start``; default: nothing);
 * ``takes_steps``: ``False`` when all fitting happens in ``on_fit_start``.
+
+A strategy that trains as another does and adds to it (LP-FT, L2-SP) subclasses ``Wrapper`` (``wrapper.py``), which
+forwards every hook above; a new hook goes there too (``tests/test_wrappers.py`` fails until it does).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ class LayerDecay(Strategy):
     0.65 is MAE's ViT-B value (``main_finetune.py --layer_decay 0.65``; BEiT uses 0.65 to 0.9). The scales are
     ordinary LR scales of our optimizer groups, so the cosine, the sweeps and the in-backward step apply them (timm's
     ``param_groups_layer_decay`` puts them in an ``lr_scale`` key only timm's schedulers read). MAE also exempts
-    biases and norms from weight decay; that is the optimizer's business, not this strategy's.
+    1-D tensors and the tokens from weight decay: ``model.no_weight_decay``, which ``adamw_layer_decay`` sets.
     """
 
     def __init__(self, decay: float = 0.65):
