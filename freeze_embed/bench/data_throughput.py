@@ -4,11 +4,12 @@
     python -m freeze_embed.bench.data_throughput --config configs/data/waterbirds.yaml \
         --config configs/backbone/clip_vit_b16.yaml --data.root /data --workers 8
 
-Without ``--config`` it writes a synthetic ImageNet-style Living-17 tree (JPEGs of ImageNet's typical 500x375
-size, smooth content so file sizes are realistic, ~60-100 kB) into a temporary folder. ``--listing N`` instead
-times how long ``ImageFolders`` takes to list and label N files (empty ones, 100 class folders: listing, no decoding). The first pass warms the
-page cache and starts the workers; the reported number is the best of the timed passes. The datamodule is built by
-``train.py``'s parser (:func:`freeze_embed.config.build_data`), so its normalisation is the backbone's.
+Without ``--config`` it writes a synthetic ImageNet-style Living-17 tree (JPEGs of ImageNet's typical 500x375 size,
+smooth content so file sizes are realistic, ~60-100 kB) into a temporary folder. ``--listing N`` instead times how
+long ``ImageFolders`` takes to list and label N files (empty ones, 100 class folders: listing, no decoding). The
+first pass warms the page cache and starts the workers; the reported number is the best of the timed passes. The
+datamodule is built by ``train.py``'s parser (:func:`freeze_embed.config.build_data`), so its normalisation is the
+backbone's.
 """
 from __future__ import annotations
 
