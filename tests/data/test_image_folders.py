@@ -199,6 +199,9 @@ def test_saved_hf_dataset(tmp_path):
     assert dm.split("id_test").labels.tolist() == [1, 1]
     x, y, g = dm.split("id_test")[0]
     assert x.shape == (3, 224, 224) and (y, g) == (1, 0)
+    folder = tree(tmp_path / "imagefolder", {"b": 2, "a": 1})
+    dm = ImageFolders(train=f"hf:imagefolder:{folder}", id_val=f"hf:imagefolder:{folder}:train")
+    assert dm.class_names == ["a", "b"] and dm.split("train").labels.tolist() == [0, 1, 1]
     with pytest.raises(DataRootError, match=r"has splits \['train', 'test'\]: name one as hf:"):
         ImageFolders(train=f"hf:{tmp_path / 'dict'}")
     with pytest.raises(DataFormatError, match=r"has no column 'label' \(columns \['img', 'y'\]\)"):
