@@ -4,10 +4,12 @@
     python -m freeze_embed.bench.data_throughput --config configs/data/waterbirds.yaml \
         --config configs/backbone/clip_vit_b16.yaml --data.root /data --workers 8
 
-Without ``--config`` it writes a synthetic ImageNet-style Living-17 tree (JPEGs of ImageNet's typical 500x375
-size, smooth content so file sizes are realistic, ~60-100 kB) into a temporary folder. The first pass warms the
-page cache and starts the workers; the reported number is the best of the timed passes. The datamodule is built by
-``train.py``'s parser (:func:`freeze_embed.config.build_data`), so its normalisation is the backbone's.
+Without ``--config`` it writes a synthetic ImageNet-style Living-17 tree (JPEGs of ImageNet's typical 500x375 size,
+smooth content so file sizes are realistic, ~60-100 kB) into a temporary folder. ``--listing N`` instead times how
+long ``ImageFolders`` takes to list and label N files (empty ones, 100 class folders: listing, no decoding). The
+first pass warms the page cache and starts the workers; the reported number is the best of the timed passes. The
+datamodule is built by ``train.py``'s parser (:func:`freeze_embed.config.build_data`), so its normalisation is the
+backbone's.
 """
 from __future__ import annotations
 
@@ -50,6 +52,22 @@ def measure(dm, passes: int) -> tuple[float, int]:
     return best, n
 
 
+def listing_seconds(n: int, classes: int = 100) -> float:
+    """Seconds ``ImageFolders`` takes to list, label and split ``n`` files in ``classes`` class folders."""
+    from ..data import ImageFolders
+    with tempfile.TemporaryDirectory() as tmp:
+        made = set()
+        for i in range(n):  # a nested subfolder per 100 files of a class, as photo dumps often are
+            folder = os.path.join(tmp, f"class_{i % classes:03d}", f"part_{i // (classes * 100)}")
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            open(os.path.join(folder, f"{i:07d}.jpg"), "wb").close()
+        start = time.perf_counter()
+        ImageFolders(train=tmp)
+        return time.perf_counter() - start
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      epilog="Any other argument goes to train.py's parser, e.g. --data.root /data.")
@@ -59,7 +77,14 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--per_class", type=int, default=12, help="synthetic images per class (34 classes)")
     parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--listing", type=int, default=0, metavar="N",
+                        help="time listing N files with ImageFolders instead (e.g. 100000)")
     args, overrides = parser.parse_known_args(argv)
+    if args.listing:
+        seconds = listing_seconds(args.listing)
+        print(f"ImageFolders listed and labelled {args.listing:,d} files in {seconds:.2f} s "
+              f"({args.listing / seconds:,.0f} files/s)")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if not args.config:
             synthetic_imagenet(tmp, args.per_class)

@@ -2,12 +2,13 @@
 
     python -m freeze_embed.data.describe --config configs/data/waterbirds.yaml --data.root /data [--json]
 
-Reads only metadata and split lists (no image is opened). ``--json`` prints
-``{"splits": {"<name>": {"size": n, "groups": {...}}}, "num_classes": k}`` (``groups`` is empty where a dataset
-has none); a user's data (``ImageFolders``) adds each split's images per class, the imbalance (largest over smallest
-training class) and the resolved transforms. ``--check_images`` opens every image (in parallel threads) and lists
-each unreadable one with its reason (exit status 1), instead of a training run dying at batch 9,000. Any ``--data.init_args.<key> <value>`` (or ``--data.<key>``) overrides the config, read by ``train.py``'s
-own parser (:func:`freeze_embed.config.build_data`); no model is built.
+Reads only metadata and split lists (no image is opened). ``--json`` prints ``{"splits": {"<name>": {"size": n,
+"groups": {...}}}, "num_classes": k}`` (``groups`` is empty where a dataset has none); a user's data
+(``ImageFolders``) adds each split's images per class, the imbalance (largest over smallest training class) and the
+resolved transforms. ``--check_images`` opens every image (in parallel threads) and lists each unreadable one with
+its reason (exit status 1), instead of a training run dying at batch 9,000. Any ``--data.init_args.<key> <value>``
+(or ``--data.<key>``) overrides the config, read by ``train.py``'s own parser
+(:func:`freeze_embed.config.build_data`); no model is built.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from .base import ShiftDataModule
-from .errors import DataFormatError
+from .errors import DataFormatError, DataRootError
 from .hf_datasets import HFSamples, hf_labels, is_hf, open_hf
 from .image_files import list_folder, read_manifest
 from .images import ImageSamples
@@ -123,10 +123,14 @@ class ImageFolders(ShiftDataModule):
     def _index(self, classes: Optional[list[str]], image_column: str, label_column: str) -> None:
         listings = {n: read_set(s, image_column, label_column) for n, s in self.sources.items()}
         train = listings["train"]
+        if not train.items:
+            raise DataRootError(f"Training set '{train.source}' has no images (files with an extension of "
+                                "torchvision's IMG_EXTENSIONS, e.g. .jpg .png, below its class folders).")
         if classes is None:
             if train.hf_classes is not None:
                 classes = train.hf_classes
-            elif all(str(v).isdigit() for v in train.labels):
+            elif not os.path.isdir(train.source) and all(str(v).isdigit() for v in train.labels):
+                # integer labels of a CSV (or of an hf: set without class names) index the classes
                 classes = [str(i) for i in range(max(int(v) for v in train.labels) + 1)]
             else:
                 classes = sorted(set(train.labels))
@@ -151,12 +155,13 @@ class ImageFolders(ShiftDataModule):
 
     def _label_indices(self, name: str, listing: Listing) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.class_names)}
+        indexed = not os.path.isdir(listing.source)  # a folder's name is a class name, never an index
         out = np.empty(len(listing.labels), dtype=np.int64)
         for i, label in enumerate(listing.labels):
             label = str(label)
             if label in index:
                 out[i] = index[label]
-            elif label.isdigit() and int(label) < len(self.class_names):
+            elif indexed and label.isdigit() and int(label) < len(self.class_names):
                 out[i] = int(label)
             else:
                 where = listing.source if listing.hf is not None or listing.source.lower().endswith(".csv") \

@@ -95,6 +95,9 @@ def test_eval_sets_missing_and_unknown_classes(tmp_path):
     assert dm.split("id_test").labels.tolist() == [1, 1] and dm.split("ood_site").labels.tolist() == [0, 2]
     assert dm.eval_names == ("id_val", "id_test", "ood_site")
     assert (dm.id_metric, dm.ood_metric) == ("id_test/acc", "ood_site/acc")
+    tree(tmp_path / "one", {"1": 1})  # a folder's name is a class name, not an index (as a CSV's may be)
+    with pytest.raises(DataFormatError, match="has class '1'"):
+        ImageFolders(train=str(train), eval={"ood_test": str(tmp_path / "one")})
     tree(tmp_path / "bad", {"dog": 1, "fox": 1})
     with pytest.raises(DataFormatError) as err:
         ImageFolders(train=str(train), eval={"ood_test": str(tmp_path / "bad")})
@@ -109,6 +112,10 @@ def test_error_sentences(tmp_path):
     image(tmp_path / "flat" / "x.png")
     with pytest.raises(DataRootError, match="has no class sub-folders: expected <folder>/<class>/<image>"):
         ImageFolders(train=str(tmp_path / "flat"))
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("")
+    with pytest.raises(DataRootError, match="^Training set '.*empty' has no images"):
+        ImageFolders(train=str(tmp_path / "empty"))
     (tmp_path / "m.csv").write_text("file,label\nx.png,a\n")
     with pytest.raises(DataFormatError, match=r"has columns \['file', 'label'\] but needs a 'path' column"):
         ImageFolders(train=str(tmp_path / "m.csv"))
@@ -192,6 +199,9 @@ def test_saved_hf_dataset(tmp_path):
     assert dm.split("id_test").labels.tolist() == [1, 1]
     x, y, g = dm.split("id_test")[0]
     assert x.shape == (3, 224, 224) and (y, g) == (1, 0)
+    folder = tree(tmp_path / "imagefolder", {"b": 2, "a": 1})
+    dm = ImageFolders(train=f"hf:imagefolder:{folder}", id_val=f"hf:imagefolder:{folder}:train")
+    assert dm.class_names == ["a", "b"] and dm.split("train").labels.tolist() == [0, 1, 1]
     with pytest.raises(DataRootError, match=r"has splits \['train', 'test'\]: name one as hf:"):
         ImageFolders(train=f"hf:{tmp_path / 'dict'}")
     with pytest.raises(DataFormatError, match=r"has no column 'label' \(columns \['img', 'y'\]\)"):
