@@ -47,8 +47,8 @@ def test_stock_timm_gives_the_checkpoints_logits(family, tmp_path):
 
 
 def doc_recipe(library_call: str) -> str:
-    """The python block of docs/own_data_predict.md that calls ``library_call``, verbatim."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs/own_data_predict.md").read_text(), re.S)
+    """The python block of docs/own_data.md that calls ``library_call``, verbatim."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs/own_data.md").read_text(), re.S)
     [block] = [b for b in blocks if library_call in b]
     return block
 
