@@ -43,6 +43,9 @@ from .optim import build_optimizer, param_groups, tensor_bytes
 __all__ = ["InBackward", "InBackwardUnsupported", "check_precision", "check_trainer"]
 
 
+_GROUP_KEYS = ("lr", "initial_lr", "lr_scale", "base_lr")
+
+
 class InBackwardUnsupported(FreezeEmbedError):
     """A trainer setting that needs every gradient before any step."""
 
@@ -207,8 +210,10 @@ class InBackward(torch.optim.Optimizer):
         return sum(optimizer_state_bytes(opt) for opt in self.per_param.values())
 
     def state_dict(self) -> dict:
+        """Each group's LR and what :mod:`~freeze_embed.epoch_rescale` wrote (its ``lr_scale``, ``initial_lr``,
+        ``base_lr``): a run resumed mid-epoch continues at this epoch's scales, not at the ones it was built with."""
         return {"in_backward": {name: opt.state_dict() for name, opt in self.per_param.items()},
-                "lrs": [g["lr"] for g in self.param_groups]}
+                "groups": [{k: g[k] for k in _GROUP_KEYS if k in g} for g in self.param_groups]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = state_dict.get("in_backward")
@@ -218,9 +223,10 @@ class InBackward(torch.optim.Optimizer):
                                    "saved with.")
         for name, opt in self.per_param.items():
             opt.load_state_dict(saved[name])
-        for group, lr in zip(self.param_groups, state_dict.get("lrs", [])):
+        for group, saved_group in zip(self.param_groups, state_dict.get("groups", [])):
+            group.update(saved_group)
+        for group, lr in zip(self.param_groups, state_dict.get("lrs", [])):  # checkpoints written before "groups"
             group["lr"] = lr
-
 
     def detach(self) -> None:
         """Remove the hooks (before attaching anew: a second fit, a benchmark's second build)."""

@@ -91,6 +91,7 @@ class FineTuner(L.LightningModule):
         self.automatic_optimization = not optimizer_in_backward
         self._in_backward: Optional[in_backward.InBackward] = None
         self._peak_grad_bytes = 0
+        self._started_epoch = -1  # the last epoch whose strategy.on_train_epoch_start ran
 
     # --- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +154,7 @@ class FineTuner(L.LightningModule):
             if self.hparams.head_init == "zeroshot" and dm is not None:  # a resumed run's checkpoint replaces it
                 zeroshot.fill_head(self.head, self.hparams, dm)
             self._in_optimizer = set(self.ever_trained())
+            self._started_epoch = -1  # a resumed run's checkpoint sets it (on_load_checkpoint runs after setup)
             if self.optimizer_in_backward:
                 self.make_optimizer()  # once per fit, before configure_optimizers, which DDP may need (use_ddp)
             self.freeze_for(0)
@@ -215,11 +217,13 @@ class FineTuner(L.LightningModule):
         nor loses what it did once."""
         checkpoint["rng_states"] = rng_states()
         checkpoint["strategy_state"] = self.strategy.state_dict()
+        checkpoint["started_epoch"] = self._started_epoch
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
         self.strategy.load_state_dict(checkpoint.get("strategy_state") or {})
+        self._started_epoch = checkpoint.get("started_epoch", -1)
 
     # --- hooks ------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -231,7 +235,9 @@ class FineTuner(L.LightningModule):
         total = sum(p.numel() for p in self.parameters())
         self.log_dict({"params/trainable": float(trainable), "params/frozen": float(total - trainable)},
                       on_step=False, on_epoch=True, sync_dist=False)
-        self.strategy.on_train_epoch_start(self, self.current_epoch)
+        if self._started_epoch != self.current_epoch:  # a run resumed mid-epoch has its start's work in the checkpoint
+            self.strategy.on_train_epoch_start(self, self.current_epoch)
+            self._started_epoch = self.current_epoch
 
     def configure_callbacks(self):
         # The first hook of fit, before Lightning checks manual optimization with its own, less helpful, message.

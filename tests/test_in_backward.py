@@ -92,6 +92,39 @@ def test_resume_equals_the_uninterrupted_run(tmp_path):
     assert results(crashed)["last"] == pytest.approx(results(whole)["last"], abs=1e-6)
 
 
+def _callbacks_config(path, *callbacks):
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": f"my_strategies.{name}", "init_args": args} for name, args in callbacks]}}))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_under_auto_rgn_keeps_the_epochs_scales(tmp_path):
+    """A checkpoint written mid-epoch (``every_n_train_steps``) holds this epoch's Auto-RGN scales: the resumed run
+    steps at the uninterrupted run's LRs, and does not score the epoch again. (The weights differ: a plain DataLoader
+    restarts its epoch on resume, as Lightning warns.)"""
+    base = [*IN_BACKWARD, *METHODS["auto_rgn"], "--data.init_args.train_size", "48",
+            "--last_checkpoint.every_n_train_steps", "1"]  # 3 steps an epoch
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    whole.mkdir(), crashed.mkdir()
+    record = _callbacks_config(whole / "record.yaml", ("RecordLRs", {"out": str(whole / "lrs.jsonl")}))
+    run_cli(tiny_demo_args(whole, epochs=2, extra=[*base, "--config", record]))
+    crash = _callbacks_config(crashed / "crash.yaml", ("RecordLRs", {"out": str(crashed / "lrs.jsonl")}),
+                              ("CrashAtStep", {"step": 4}))  # after epoch 1's first step
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(tiny_demo_args(crashed, epochs=2, extra=[*base, "--config", crash]))
+    record = _callbacks_config(crashed / "record.yaml", ("RecordLRs", {"out": str(crashed / "lrs.jsonl")}))
+    run_cli(tiny_demo_args(crashed, epochs=2, extra=[
+        *base, "--config", record, "--ckpt_path", str(crashed / "run/checkpoints/last.ckpt")]))
+    expected = [json.loads(line) for line in (whole / "lrs.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (crashed / "lrs.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in expected] == [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert len(set(expected[3]["lrs"])) > 2  # epoch 1 rescaled the tensors
+    for want, got in zip(expected, resumed):
+        assert got["lrs"] == pytest.approx(want["lrs"], rel=1e-12, abs=0), want["step"]
+        assert got["scales"] == want["scales"], want["step"]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_equals_the_standard_step_under_ddp(tmp_path):
     """DDP all-reduces before each in-backward step; gradual unfreezing's frozen blocks (which keep requires_grad
