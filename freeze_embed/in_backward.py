@@ -18,7 +18,8 @@ stream, ``torch.Stream()``, and fails on a CPU-only gloo run; DDP keeps its grad
 is the optimizer's, not the gradients'.)
 
 When to use it: a model that only just does not fit, above all with SGD without momentum, where gradients are half
-of what training holds. Limits (refused by :func:`check_trainer` before training starts): no loss scaling (16-mixed:
+of what training holds. Limits (refused by :func:`check_trainer` before training starts): one device or DDP (FSDP,
+DeepSpeed and the other distributed strategies shard or wrap parameters their own way), no loss scaling (16-mixed:
 the step would run before the scaler sees an inf), no clipping by global norm (it needs every gradient before any
 step), no gradient accumulation (the step happens at every backward). Every parameter gets its own optimizer, so an
 optimizer whose step couples parameters (a global norm, a shared trust ratio over groups) would not be the same
@@ -61,6 +62,14 @@ def check_precision(precision) -> None:
 
 def check_trainer(trainer) -> None:
     """One sentence per setting that cannot work when each parameter steps inside backward."""
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, XLAStrategy
+    strategy = trainer.strategy
+    if not (isinstance(strategy, SingleDeviceStrategy) or (isinstance(strategy, DDPStrategy) and not isinstance(
+            strategy, (DeepSpeedStrategy, XLAStrategy)))):
+        raise InBackwardUnsupported(
+            f"model.optimizer_in_backward cannot run under {type(strategy).__name__}: only DDP is taught to step "
+            "after each bucket's all-reduce; use trainer.strategy ddp (or one device) or turn optimizer_in_backward "
+            "off.")
     check_precision("16-mixed" if getattr(trainer.precision_plugin, "scaler", None) is not None else trainer.precision)
     if trainer.gradient_clip_val:
         raise InBackwardUnsupported(

@@ -208,3 +208,29 @@ def test_bench_memory_json_for_an_in_backward_key(monkeypatch, capsys):
 def test_unknown_in_backward_key_is_refused():
     with pytest.raises(SystemExit):
         memory.main(["--methods", "adam_in_backward"])
+
+
+def _trainer_with(strategy):
+    from types import SimpleNamespace
+    return SimpleNamespace(strategy=strategy, precision_plugin=None, precision="32-true", gradient_clip_val=None,
+                           accumulate_grad_batches=1)
+
+
+@pytest.mark.parametrize("name", ["FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAStrategy"])
+def test_distributed_strategies_but_ddp_are_refused(name):
+    import lightning.pytorch.strategies as strategies
+    from freeze_embed.in_backward import InBackwardUnsupported, check_trainer
+    cls = getattr(strategies, name)
+    strategy = cls.__new__(cls)  # DeepSpeed and XLA need their packages to construct; the check reads the class
+    with pytest.raises(InBackwardUnsupported) as err:
+        check_trainer(_trainer_with(strategy))
+    line = str(err.value)
+    assert line.startswith(f"model.optimizer_in_backward cannot run under {name}: ") and line.count(". ") == 0
+    assert "use trainer.strategy ddp" in line
+
+
+def test_ddp_and_one_device_are_served():
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+    from freeze_embed.in_backward import check_trainer
+    check_trainer(_trainer_with(DDPStrategy()))
+    check_trainer(_trainer_with(SingleDeviceStrategy("cpu")))
