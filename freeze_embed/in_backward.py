@@ -36,6 +36,7 @@ import warnings
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .errors import FreezeEmbedError
@@ -173,17 +174,32 @@ class InBackward(torch.optim.Optimizer):
             handle.remove()
         self._handles = []
         by_param = {id(opt.param_groups[0]["params"][0]): opt for opt in self.per_param.values()}
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        used: set[int] = set()  # parameters that got a gradient on this rank in this backward
+        if ddp.find_unused_parameters:
+            for opt in self.per_param.values():
+                self._handles.append(opt.param_groups[0]["params"][0].register_post_accumulate_grad_hook(
+                    lambda p: used.add(id(p))))
 
         def allreduce_then_step(process_group, bucket):
-            # allreduce_hook divides by the world size, then sums: the mean gradient, as DDP's default
+            # The mean gradient, as DDP's default allreduce_hook. With find_unused_parameters, a parameter no rank
+            # used holds zeros in the bucket: the standard step skips it (its .grad stays None), so it must not
+            # step here (weight decay and momentum would move it). Whether any rank used it rides the same
+            # all-reduce, one flag per parameter.
+            params, buffer = bucket.parameters(), bucket.buffer()
+            flags = [id(p) in used or not ddp.find_unused_parameters for p in params]
+            used.difference_update(id(p) for p in params)
+            world = dist.get_world_size(process_group)
+            flat = torch.cat([buffer / world, torch.tensor(flags, dtype=buffer.dtype, device=buffer.device)])
+
             def step(fut):
-                for p, g in zip(bucket.parameters(), bucket.gradients()):
-                    if id(p) in by_param:
+                reduced = fut.value()[0]
+                buffer.copy_(reduced[:buffer.numel()])
+                for p, g, any_rank in zip(params, bucket.gradients(), reduced[buffer.numel():].tolist()):
+                    if id(p) in by_param and any_rank > 0:
                         p.grad = g
                         by_param[id(p)].step()
-                return fut.value()[0]
-            return allreduce_hook(process_group, bucket).then(step)
+                return buffer
+            return dist.all_reduce(flat, group=process_group, async_op=True).get_future().then(step)
 
         ddp.register_comm_hook(ddp.process_group, allreduce_then_step)
 

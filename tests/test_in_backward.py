@@ -234,3 +234,73 @@ def test_ddp_and_one_device_are_served():
     from freeze_embed.in_backward import check_trainer
     check_trainer(_trainer_with(DDPStrategy()))
     check_trainer(_trainer_with(SingleDeviceStrategy("cpu")))
+
+
+def _unused_parameters_worker(rank, world, port, out):
+    """One rank of a 2-process gloo run: ``used`` trains on both ranks, ``rank0`` only on rank 0 (all-reduced,
+    so it steps everywhere), ``unused`` on none (no gradient: the standard step skips it)."""
+    import os
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+    from freeze_embed.in_backward import InBackward
+    from freeze_embed.optim import build_optimizer, param_groups
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.rank0, self.unused = nn.Linear(3, 2), nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.used(x) + (self.rank0(x) if rank == 0 else 0)
+
+    def factory(params):
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1)
+
+    weights = {}
+    for kind in ("standard", "in_backward"):
+        torch.manual_seed(0)
+        net = Net()
+        named = dict(net.named_parameters())
+        plan = {n: 1.0 for n in named}
+        opt = (InBackward(named, plan, factory) if kind == "in_backward"
+               else build_optimizer(factory, param_groups(named, plan)))
+        ddp = DistributedDataParallel(net, find_unused_parameters=True)
+        if kind == "in_backward":
+            opt.use_ddp(ddp)
+        for step in range(2):
+            x = torch.randn(4, 3, generator=torch.Generator().manual_seed(10 * step + rank))
+            loss = ddp(x).square().mean()
+            if kind == "in_backward":
+                opt.begin_backward()
+                loss.backward()
+                opt.free_grads()
+            else:
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        states = opt.per_param if kind == "in_backward" else {n: opt for n in named}
+        weights[kind] = {n: p.detach().clone() for n, p in named.items()}
+        weights[kind + "_state"] = {n: bool(states[n].state.get(p)) for n, p in named.items()}
+    torch.save(weights, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_with_unused_parameters_skips_what_had_no_gradient(tmp_path):
+    """With find_unused_parameters, DDP's bucket holds zeros for a parameter no rank used; a zero-gradient step
+    would still move it (weight decay, momentum) and give it state: the standard step skips it, so must this."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_unused_parameters_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    torch.manual_seed(0)
+    for rank in (0, 1):
+        w = torch.load(tmp_path / f"rank{rank}.pt")
+        assert_same_weights(w["standard"], w["in_backward"])
+        assert w["standard_state"] == w["in_backward_state"] == {
+            "used.weight": True, "used.bias": True, "rank0.weight": True, "rank0.bias": True,
+            "unused.weight": False, "unused.bias": False}
