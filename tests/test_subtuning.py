@@ -235,6 +235,25 @@ def test_score_after_the_last_epoch_by_default_or_at_the_best(tmp_path, monkeypa
     assert f"{key} {0.9 if score == 'best' else 0.7:.4f}" in written
 
 
+def test_include_embed_blocks_searches_resnet_layer1_blocks(tmp_path, monkeypatch, demo_config):
+    """--include_embed_blocks: a ResNet-18's candidates are its 8 blocks, layer1's two first (the official ResNet
+    candidates); a trial of block 0 trains layer1.0 and the head, the stem stays frozen."""
+    from freeze_embed.module import FineTuner
+    from freeze_embed.strategies import TrainBlocks
+    config = json.loads(json.dumps(demo_config))
+    config["model"].update(backbone="torchvision:resnet18", backbone_kwargs=None)
+    assert subtuning.count_blocks(config) == 6 and subtuning.count_blocks(config, embed_blocks=True) == 8
+    trial = subtuning.trial_config(config, [0, 7], embed_blocks=True)
+    assert trial["model"]["strategy"]["init_args"] == {"blocks": [0, 7], "embed": False, "head": True,
+                                                       "embed_blocks": True}
+    model = FineTuner(backbone="torchvision:resnet18", num_classes=3,
+                      strategy=TrainBlocks(**trial["model"]["strategy"]["init_args"]))
+    trained = set(model.trained_in(0))
+    assert {n.split(".")[1] + "." + n.split(".")[2] for n in trained if n.startswith("backbone.")} == {
+        "layer1.0", "layer4.1"}
+    assert "head.weight" in trained and "backbone.conv1.weight" not in trained
+
+
 def test_bad_inputs_say_one_sentence(tmp_path, monkeypatch, demo_config, capsys):
     cfg = json.loads(json.dumps(demo_config))
     del cfg["model"]["optimizer"]["init_args"]["lr"]
