@@ -86,7 +86,7 @@ def _rule(model: nn.Module, library: str) -> Optional[tuple[list[str], list[str]
     return None
 
 
-# The stage inside a family's embedding whose children are blocks: SubTuning's ResNet candidates include them.
+# The stage inside a family's embedding whose children are blocks (SubTuning's ResNet candidates include them).
 _EMBED_STAGE = {("timm", "ConvNeXt"): "stages.0.blocks", ("timm", "ResNetV2"): "stages.0.blocks",
                 ("open_clip", "ModifiedResNet"): "layer1", ("torchvision", "ResNet"): "layer1",
                 ("torchvision", "ConvNeXt"): "features.1"}

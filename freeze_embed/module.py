@@ -235,7 +235,7 @@ class FineTuner(L.LightningModule):
         total = sum(p.numel() for p in self.parameters())
         self.log_dict({"params/trainable": float(trainable), "params/frozen": float(total - trainable)},
                       on_step=False, on_epoch=True, sync_dist=False)
-        if self._started_epoch != self.current_epoch:  # a run resumed mid-epoch has its start's work in the checkpoint
+        if self._started_epoch != self.current_epoch:  # resumed mid-epoch: the start's work is in the checkpoint
             self.strategy.on_train_epoch_start(self, self.current_epoch)
             self._started_epoch = self.current_epoch
 

@@ -6,8 +6,8 @@ config's LR and seed (the same for every trial, so subsets differ only in what t
 is done and is never rerun; one with a last.ckpt resumes: the same command finishes an interrupted search. Its score
 is ``last/<selection metric>`` of its results.json (the dataset's ID validation metric after the last epoch, as the
 official search reads ``callback_metrics["pred_acc"]`` after fit), or with ``score="best"`` ``best/<selection
-metric>``, at its best epoch (as the sweep reads it). With ``folds`` K (SubTuning's ``greedy_cross_val``), a subset is K runs in ``blocks_0-3/fold<k>/``,
-each trained on K-1 folds of the training set and scored on the held-out one
+metric>``, at its best epoch (as the sweep reads it). With ``folds`` K (SubTuning's ``greedy_cross_val``), a subset
+is K runs in ``blocks_0-3/fold<k>/``, each trained on K-1 folds of the training set and scored on the held-out one
 (:class:`~freeze_embed.data.HoldOutFold`); its score is their mean, and ID validation is never looked at.
 """
 from __future__ import annotations
