@@ -21,7 +21,7 @@ from .anatomy import resolve_anatomy
 from .backbones import create_backbone
 from . import in_backward, zeroshot
 from .metrics import GroupAccuracy, metrics_for
-from .rng import rng_states, set_rng_states
+from .rng import ResumedRNG, rng_states
 from .optim import (SGD, build_optimizer, cosine_factor, group_names, optimizer_state_bytes, param_groups,
                     tensor_bytes)
 from .strategies import FullFineTune, Strategy
@@ -92,6 +92,7 @@ class FineTuner(L.LightningModule):
         self._in_backward: Optional[in_backward.InBackward] = None
         self._peak_grad_bytes = 0
         self._started_epoch = -1  # the last epoch whose strategy.on_train_epoch_start ran
+        self._resumed_rng = ResumedRNG()
 
     # --- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -221,7 +222,7 @@ class FineTuner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
+            self._resumed_rng.load(checkpoint["rng_states"])
         self.strategy.load_state_dict(checkpoint.get("strategy_state") or {})
         self._started_epoch = checkpoint.get("started_epoch", -1)
 
@@ -229,15 +230,20 @@ class FineTuner(L.LightningModule):
     def on_fit_start(self) -> None:
         self.strategy.on_fit_start(self)
 
+    def on_train_start(self) -> None:
+        self._resumed_rng.on_train_start()
+
     def on_train_epoch_start(self) -> None:
         self.freeze_for(self.current_epoch)
         trainable = sum(p.numel() for n, p in self.named_parameters() if n in self._trained_now)
         total = sum(p.numel() for p in self.parameters())
         self.log_dict({"params/trainable": float(trainable), "params/frozen": float(total - trainable)},
                       on_step=False, on_epoch=True, sync_dist=False)
-        if self._started_epoch != self.current_epoch:  # resumed mid-epoch: the start's work is in the checkpoint
+        new_epoch = self._started_epoch != self.current_epoch  # resumed mid-epoch: its start is in the checkpoint
+        if new_epoch:
             self.strategy.on_train_epoch_start(self, self.current_epoch)
             self._started_epoch = self.current_epoch
+        self._resumed_rng.after_epoch_start(self.trainer, new_epoch)
 
     def configure_callbacks(self):
         # The first hook of fit, before Lightning checks manual optimization with its own, less helpful, message.

@@ -63,3 +63,38 @@ class RecordLRs(L.Callback):
                 "scales": getattr(pl_module.strategy, "scales", None)}
         with open(self.out, "a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+class RecordRNG(L.Callback):
+    """Appends, at each epoch's start and first training batch, a digest of the global torch RNG state and of the
+    batch's labels to ``out`` (one JSON line each)."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def _write(self, line: dict) -> None:
+        import json
+        with open(self.out, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        import hashlib
+        import torch
+        self._write({"epoch": trainer.current_epoch, "at": "epoch_start",
+                     "rng": hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()})
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import hashlib
+        import torch
+        if batch_idx == 0:
+            self._write({"epoch": trainer.current_epoch, "at": "first_batch",
+                         "rng": hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest(),
+                         "labels": batch[1].tolist()})
+
+
+class DrawsAtEpochStart(FreezeEmbed):
+    """FreezeEmbed whose epoch start draws from the global RNG (as a strategy that samples something might)."""
+
+    def on_train_epoch_start(self, module, epoch):
+        import torch
+        torch.rand(1)
