@@ -42,6 +42,8 @@ class Anatomy:
     proj: list[str] = field(default_factory=list)  # the projection into the head's input (also in blocks[-1])
     tokens: list[str] = field(default_factory=list)  # class/position tokens (in blocks[0], or embed if embed_tokens)
     top: list[str] = field(default_factory=list)  # after the last block: final norm, projection (also in blocks[-1])
+    # the blocks inside the embedding's first stage (ResNets' layer1), bottom to top (also in embed); ViTs have none
+    embed_blocks: list[list[str]] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -82,6 +84,21 @@ def _rule(model: nn.Module, library: str) -> Optional[tuple[list[str], list[str]
                 [[f"features.{s}.{b}"] + ([f"features.{s - 1}"] if b == 0 else [])
                  for s in range(3, n("features"), 2) for b in range(n(f"features.{s}"))])
     return None
+
+
+# The stage inside a family's embedding whose children are blocks (SubTuning's ResNet candidates include them).
+_EMBED_STAGE = {("timm", "ConvNeXt"): "stages.0.blocks", ("timm", "ResNetV2"): "stages.0.blocks",
+                ("open_clip", "ModifiedResNet"): "layer1", ("torchvision", "ResNet"): "layer1",
+                ("torchvision", "ConvNeXt"): "features.1"}
+
+
+def _embed_blocks(model: nn.Module, library: str, embed_names: list[str]) -> list[list[str]]:
+    stage = _EMBED_STAGE.get((library, type(model).__name__))
+    if stage is None:
+        return []
+    blocks = [[n for n in embed_names if _matches(n, [f"{stage}.{c}"])] for c, _ in
+              model.get_submodule(stage).named_children()]
+    return [b for b in blocks if b]
 
 
 def _timm_metadata_rule(model: nn.Module) -> Optional[tuple[list[str], list[str], list[list[str]]]]:
@@ -173,4 +190,5 @@ def resolve_anatomy(backbone: Backbone, head: nn.Module, *, embed: Optional[Sequ
         proj=[prefix + n for n in names if backbone.library == "open_clip" and n == "proj"],
         tokens=[prefix + n for n in names if n in tokens],
         top=[prefix + n for n in top],
+        embed_blocks=[[prefix + n for n in b] for b in _embed_blocks(model, backbone.library, embed_names)],
     )

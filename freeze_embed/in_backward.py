@@ -18,7 +18,8 @@ stream, ``torch.Stream()``, and fails on a CPU-only gloo run; DDP keeps its grad
 is the optimizer's, not the gradients'.)
 
 When to use it: a model that only just does not fit, above all with SGD without momentum, where gradients are half
-of what training holds. Limits (refused by :func:`check_trainer` before training starts): no loss scaling (16-mixed:
+of what training holds. Limits (refused by :func:`check_trainer` before training starts): one device or DDP (FSDP,
+DeepSpeed and the other distributed strategies shard or wrap parameters their own way), no loss scaling (16-mixed:
 the step would run before the scaler sees an inf), no clipping by global norm (it needs every gradient before any
 step), no gradient accumulation (the step happens at every backward). Every parameter gets its own optimizer, so an
 optimizer whose step couples parameters (a global norm, a shared trust ratio over groups) would not be the same
@@ -35,12 +36,16 @@ import warnings
 from typing import Callable, Collection, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .errors import FreezeEmbedError
 from .optim import build_optimizer, param_groups, tensor_bytes
 
 __all__ = ["InBackward", "InBackwardUnsupported", "check_precision", "check_trainer"]
+
+
+_GROUP_KEYS = ("lr", "initial_lr", "lr_scale", "base_lr")
 
 
 class InBackwardUnsupported(FreezeEmbedError):
@@ -58,6 +63,14 @@ def check_precision(precision) -> None:
 
 def check_trainer(trainer) -> None:
     """One sentence per setting that cannot work when each parameter steps inside backward."""
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, XLAStrategy
+    strategy = trainer.strategy
+    if not (isinstance(strategy, SingleDeviceStrategy) or (isinstance(strategy, DDPStrategy) and not isinstance(
+            strategy, (DeepSpeedStrategy, XLAStrategy)))):
+        raise InBackwardUnsupported(
+            f"model.optimizer_in_backward cannot run under {type(strategy).__name__}: only DDP is taught to step "
+            "after each bucket's all-reduce; use trainer.strategy ddp (or one device) or turn optimizer_in_backward "
+            "off.")
     check_precision("16-mixed" if getattr(trainer.precision_plugin, "scaler", None) is not None else trainer.precision)
     if trainer.gradient_clip_val:
         raise InBackwardUnsupported(
@@ -166,17 +179,32 @@ class InBackward(torch.optim.Optimizer):
             handle.remove()
         self._handles = []
         by_param = {id(opt.param_groups[0]["params"][0]): opt for opt in self.per_param.values()}
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        used: set[int] = set()  # parameters that got a gradient on this rank in this backward
+        if ddp.find_unused_parameters:
+            for opt in self.per_param.values():
+                self._handles.append(opt.param_groups[0]["params"][0].register_post_accumulate_grad_hook(
+                    lambda p: used.add(id(p))))
 
         def allreduce_then_step(process_group, bucket):
-            # allreduce_hook divides by the world size, then sums: the mean gradient, as DDP's default
+            # The mean gradient, as DDP's default allreduce_hook. With find_unused_parameters, a parameter no rank
+            # used holds zeros in the bucket: the standard step skips it (its .grad stays None), so it must not
+            # step here (weight decay and momentum would move it). Whether any rank used it rides the same
+            # all-reduce, one flag per parameter.
+            params, buffer = bucket.parameters(), bucket.buffer()
+            flags = [id(p) in used or not ddp.find_unused_parameters for p in params]
+            used.difference_update(id(p) for p in params)
+            world = dist.get_world_size(process_group)
+            flat = torch.cat([buffer / world, torch.tensor(flags, dtype=buffer.dtype, device=buffer.device)])
+
             def step(fut):
-                for p, g in zip(bucket.parameters(), bucket.gradients()):
-                    if id(p) in by_param:
+                reduced = fut.value()[0]
+                buffer.copy_(reduced[:buffer.numel()])
+                for p, g, any_rank in zip(params, bucket.gradients(), reduced[buffer.numel():].tolist()):
+                    if id(p) in by_param and any_rank > 0:
                         p.grad = g
                         by_param[id(p)].step()
-                return fut.value()[0]
-            return allreduce_hook(process_group, bucket).then(step)
+                return buffer
+            return dist.all_reduce(flat, group=process_group, async_op=True).get_future().then(step)
 
         ddp.register_comm_hook(ddp.process_group, allreduce_then_step)
 
@@ -212,8 +240,10 @@ class InBackward(torch.optim.Optimizer):
         return sum(optimizer_state_bytes(opt) for opt in self.per_param.values())
 
     def state_dict(self) -> dict:
+        """Each group's LR and what :mod:`~freeze_embed.epoch_rescale` wrote (its ``lr_scale``, ``initial_lr``,
+        ``base_lr``): a run resumed mid-epoch continues at this epoch's scales, not at the ones it was built with."""
         return {"in_backward": {name: opt.state_dict() for name, opt in self.per_param.items()},
-                "lrs": [g["lr"] for g in self.param_groups]}
+                "groups": [{k: g[k] for k in _GROUP_KEYS if k in g} for g in self.param_groups]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = state_dict.get("in_backward")
@@ -223,9 +253,10 @@ class InBackward(torch.optim.Optimizer):
                                    "saved with.")
         for name, opt in self.per_param.items():
             opt.load_state_dict(saved[name])
-        for group, lr in zip(self.param_groups, state_dict.get("lrs", [])):
+        for group, saved_group in zip(self.param_groups, state_dict.get("groups", [])):
+            group.update(saved_group)
+        for group, lr in zip(self.param_groups, state_dict.get("lrs", [])):  # checkpoints written before "groups"
             group["lr"] = lr
-
 
     def detach(self) -> None:
         """Remove the hooks (before attaching anew: a second fit, a benchmark's second build)."""

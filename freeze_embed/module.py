@@ -22,7 +22,7 @@ from .backbones import create_backbone
 from .data.preprocess import resolve_preprocess
 from . import in_backward, zeroshot
 from .metrics import GroupAccuracy, metrics_for
-from .rng import rng_states, set_rng_states
+from .rng import ResumedRNG, rng_states
 from .optim import (SGD, Group, build_optimizer, cosine_factor, group_names, no_weight_decay_names,
                     optimizer_state_bytes, param_groups, tensor_bytes)
 from .strategies import FullFineTune, Strategy
@@ -100,6 +100,8 @@ class FineTuner(L.LightningModule):
         self.automatic_optimization = not optimizer_in_backward
         self._in_backward: Optional[in_backward.InBackward] = None
         self._peak_grad_bytes = 0
+        self._started_epoch = -1  # the last epoch whose strategy.on_train_epoch_start ran
+        self._resumed_rng = ResumedRNG()
 
     # --- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,6 +165,7 @@ class FineTuner(L.LightningModule):
             if self.hparams.head_init == "zeroshot" and dm is not None:  # a resumed run's checkpoint replaces it
                 zeroshot.fill_head(self.head, self.hparams, dm)
             self._in_optimizer = set(self.ever_trained())
+            self._started_epoch = -1  # a resumed run's checkpoint sets it (on_load_checkpoint runs after setup)
             if self.optimizer_in_backward:
                 self.make_optimizer()  # once per fit, before configure_optimizers, which DDP may need (use_ddp)
             self.freeze_for(0)
@@ -230,6 +233,7 @@ class FineTuner(L.LightningModule):
         checkpoint["strategy_state"] = self.strategy.state_dict()
         checkpoint["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess.items()}
         checkpoint["class_names"] = self.class_names()
+        checkpoint["started_epoch"] = self._started_epoch
 
     def class_names(self) -> list[str]:
         """The datamodule's class names in label order, or the label indices as names when it has none."""
@@ -241,12 +245,16 @@ class FineTuner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
+            self._resumed_rng.load(checkpoint["rng_states"])
         self.strategy.load_state_dict(checkpoint.get("strategy_state") or {})
+        self._started_epoch = checkpoint.get("started_epoch", -1)
 
     # --- hooks ------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self.strategy.on_fit_start(self)
+
+    def on_train_start(self) -> None:
+        self._resumed_rng.on_train_start()
 
     def on_train_epoch_start(self) -> None:
         self.freeze_for(self.current_epoch)
@@ -254,7 +262,11 @@ class FineTuner(L.LightningModule):
         total = sum(p.numel() for p in self.parameters())
         self.log_dict({"params/trainable": float(trainable), "params/frozen": float(total - trainable)},
                       on_step=False, on_epoch=True, sync_dist=False)
-        self.strategy.on_train_epoch_start(self, self.current_epoch)
+        new_epoch = self._started_epoch != self.current_epoch  # resumed mid-epoch: its start is in the checkpoint
+        if new_epoch:
+            self.strategy.on_train_epoch_start(self, self.current_epoch)
+            self._started_epoch = self.current_epoch
+        self._resumed_rng.after_epoch_start(self.trainer, new_epoch)
 
     def configure_callbacks(self):
         # The first hook of fit, before Lightning checks manual optimization with its own, less helpful, message.

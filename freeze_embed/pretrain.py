@@ -1,6 +1,6 @@
 """Supervised pretraining, SGD or AdamW (Appendix E, Tables 13-14, Figures 3-5):
 
-    python -m freeze_embed.pretrain fit --config configs/pretrain/demo_resnet.yaml --config configs/pretrain/sgd.yaml
+    python -m freeze_embed.pretrain fit --config configs/pretrain/demo_resnet_sgd.yaml
 
 The code lives in :mod:`freeze_embed.pretraining`; this is the entry point, as ``train.py`` is for fine-tuning.
 """

@@ -23,3 +23,34 @@ def set_rng_states(saved: dict) -> None:
     if not torch.cuda.is_available():
         states.pop("torch.cuda", None)
     _set_rng_states(states)
+
+
+class ResumedRNG:
+    """Where a resumed run's random streams restart: where the uninterrupted run's were when it saved.
+
+    The restore path draws from the global RNG before the first resumed epoch starts: Lightning's ``FitLoop.
+    setup_data`` creates the training DataLoader's iterator (its worker base seed and the sampler's shuffle seed come
+    from the global generator) before ``on_train_epoch_start``, while the uninterrupted run creates it after (in
+    ``_TrainingEpochLoop.on_run_start``). So the states are set back at ``on_train_start`` and, when a new epoch
+    starts, the iterator is created again after the epoch's start hooks, in the uninterrupted run's order. A run
+    resumed mid-epoch keeps its iterator (the uninterrupted run made none there).
+    """
+
+    def __init__(self):
+        self.saved: dict | None = None
+
+    def load(self, saved: dict) -> None:
+        set_rng_states(saved)
+        self.saved = saved
+
+    def on_train_start(self) -> None:
+        if self.saved is not None:
+            set_rng_states(self.saved)
+
+    def after_epoch_start(self, trainer, new_epoch: bool) -> None:
+        if self.saved is None:
+            return
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+        if new_epoch and fetcher is not None:
+            iter(fetcher)  # what _TrainingEpochLoop.on_run_start does when it is not resuming
+        self.saved = None

@@ -36,3 +36,65 @@ class RecordScales(L.Callback):
             path = Path(self.out) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"scales": pl_module.strategy.scales, "lrs": lrs}))
+
+
+class CrashAtStep(L.Callback):
+    """Simulates a crash before optimizer step ``step`` (mid-epoch when it is not a multiple of the epoch's steps)."""
+
+    def __init__(self, step: int = 1):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+class RecordLRs(L.Callback):
+    """Appends each optimizer step's group LRs and the strategy's scales to ``out`` (one JSON line per step)."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import json
+        optimizer = pl_module.optimizers()
+        groups = getattr(optimizer, "optimizer", optimizer).param_groups
+        line = {"step": trainer.global_step, "lrs": [g["lr"] for g in groups],
+                "scales": getattr(pl_module.strategy, "scales", None)}
+        with open(self.out, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+class RecordRNG(L.Callback):
+    """Appends, at each epoch's start and first training batch, a digest of the global torch RNG state and of the
+    batch's labels to ``out`` (one JSON line each)."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def _write(self, line: dict) -> None:
+        import json
+        with open(self.out, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        import hashlib
+        import torch
+        self._write({"epoch": trainer.current_epoch, "at": "epoch_start",
+                     "rng": hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()})
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        import hashlib
+        import torch
+        if batch_idx == 0:
+            self._write({"epoch": trainer.current_epoch, "at": "first_batch",
+                         "rng": hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest(),
+                         "labels": batch[1].tolist()})
+
+
+class DrawsAtEpochStart(FreezeEmbed):
+    """FreezeEmbed whose epoch start draws from the global RNG (as a strategy that samples something might)."""
+
+    def on_train_epoch_start(self, module, epoch):
+        import torch
+        torch.rand(1)

@@ -67,6 +67,8 @@ def test_bit_resnetv2_embed_is_stem_and_first_stage():
     assert a.embed[0] == "backbone.stem.conv.weight"
     assert len(a.blocks) == 4 + 6 + 3
     assert a.blocks[-1][-2:] == ["backbone.norm.weight", "backbone.norm.bias"]
+    assert [sorted({".".join(n.split(".")[1:5]) for n in blk}) for blk in a.embed_blocks] == [
+        [f"stages.0.blocks.{i}"] for i in range(3)]
 
 
 def test_torchvision_resnet_embed_is_conv1_bn1_layer1():
@@ -74,6 +76,9 @@ def test_torchvision_resnet_embed_is_conv1_bn1_layer1():
     names = [n for n, _ in b.model.named_parameters()]
     assert a.embed == ["backbone." + n for n in names if n.startswith(("conv1.", "bn1.", "layer1."))]
     assert [blk[0] for blk in a.blocks] == [f"backbone.layer{s}.{i}.conv1.weight" for s in (2, 3, 4) for i in (0, 1)]
+    # SubTuning's candidates include layer1's blocks: each of them, inside the embedding
+    assert a.embed_blocks == [[n for n in a.embed if n.startswith(f"backbone.layer1.{i}.")] for i in (0, 1)]
+    assert anatomy_of("timm:vit_tiny_patch16_224", **SMALL_VIT)[0].embed_blocks == []
 
 
 def test_other_timm_model_uses_timm_metadata():

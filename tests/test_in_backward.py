@@ -92,6 +92,39 @@ def test_resume_equals_the_uninterrupted_run(tmp_path):
     assert results(crashed)["last"] == pytest.approx(results(whole)["last"], abs=1e-6)
 
 
+def _callbacks_config(path, *callbacks):
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": f"my_strategies.{name}", "init_args": args} for name, args in callbacks]}}))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_under_auto_rgn_keeps_the_epochs_scales(tmp_path):
+    """A checkpoint written mid-epoch (``every_n_train_steps``) holds this epoch's Auto-RGN scales: the resumed run
+    steps at the uninterrupted run's LRs, and does not score the epoch again. (The weights differ: a plain DataLoader
+    restarts its epoch on resume, as Lightning warns.)"""
+    base = [*IN_BACKWARD, *METHODS["auto_rgn"], "--data.init_args.train_size", "48",
+            "--last_checkpoint.every_n_train_steps", "1"]  # 3 steps an epoch
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    whole.mkdir(), crashed.mkdir()
+    record = _callbacks_config(whole / "record.yaml", ("RecordLRs", {"out": str(whole / "lrs.jsonl")}))
+    run_cli(tiny_demo_args(whole, epochs=2, extra=[*base, "--config", record]))
+    crash = _callbacks_config(crashed / "crash.yaml", ("RecordLRs", {"out": str(crashed / "lrs.jsonl")}),
+                              ("CrashAtStep", {"step": 4}))  # after epoch 1's first step
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(tiny_demo_args(crashed, epochs=2, extra=[*base, "--config", crash]))
+    record = _callbacks_config(crashed / "record.yaml", ("RecordLRs", {"out": str(crashed / "lrs.jsonl")}))
+    run_cli(tiny_demo_args(crashed, epochs=2, extra=[
+        *base, "--config", record, "--ckpt_path", str(crashed / "run/checkpoints/last.ckpt")]))
+    expected = [json.loads(line) for line in (whole / "lrs.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (crashed / "lrs.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in expected] == [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert len(set(expected[3]["lrs"])) > 2  # epoch 1 rescaled the tensors
+    for want, got in zip(expected, resumed):
+        assert got["lrs"] == pytest.approx(want["lrs"], rel=1e-12, abs=0), want["step"]
+        assert got["scales"] == want["scales"], want["step"]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_equals_the_standard_step_under_ddp(tmp_path):
     """DDP all-reduces before each in-backward step; gradual unfreezing's frozen blocks (which keep requires_grad
@@ -175,3 +208,99 @@ def test_bench_memory_json_for_an_in_backward_key(monkeypatch, capsys):
 def test_unknown_in_backward_key_is_refused():
     with pytest.raises(SystemExit):
         memory.main(["--methods", "adam_in_backward"])
+
+
+def _trainer_with(strategy):
+    from types import SimpleNamespace
+    return SimpleNamespace(strategy=strategy, precision_plugin=None, precision="32-true", gradient_clip_val=None,
+                           accumulate_grad_batches=1)
+
+
+@pytest.mark.parametrize("name", ["FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAStrategy"])
+def test_distributed_strategies_but_ddp_are_refused(name):
+    import lightning.pytorch.strategies as strategies
+    from freeze_embed.in_backward import InBackwardUnsupported, check_trainer
+    cls = getattr(strategies, name)
+    strategy = cls.__new__(cls)  # DeepSpeed and XLA need their packages to construct; the check reads the class
+    with pytest.raises(InBackwardUnsupported) as err:
+        check_trainer(_trainer_with(strategy))
+    line = str(err.value)
+    assert line.startswith(f"model.optimizer_in_backward cannot run under {name}: ") and line.count(". ") == 0
+    assert "use trainer.strategy ddp" in line
+
+
+def test_ddp_and_one_device_are_served():
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+    from freeze_embed.in_backward import check_trainer
+    check_trainer(_trainer_with(DDPStrategy()))
+    check_trainer(_trainer_with(SingleDeviceStrategy("cpu")))
+
+
+def _unused_parameters_worker(rank, world, port, out):
+    """One rank of a 2-process gloo run: ``used`` trains on both ranks, ``rank0`` only on rank 0 (all-reduced,
+    so it steps everywhere), ``unused`` on none (no gradient: the standard step skips it)."""
+    import os
+    import torch.distributed as dist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+    from freeze_embed.in_backward import InBackward
+    from freeze_embed.optim import build_optimizer, param_groups
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.rank0, self.unused = nn.Linear(3, 2), nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.used(x) + (self.rank0(x) if rank == 0 else 0)
+
+    def factory(params):
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1)
+
+    weights = {}
+    for kind in ("standard", "in_backward"):
+        torch.manual_seed(0)
+        net = Net()
+        named = dict(net.named_parameters())
+        plan = {n: 1.0 for n in named}
+        opt = (InBackward(named, plan, factory) if kind == "in_backward"
+               else build_optimizer(factory, param_groups(named, plan)))
+        ddp = DistributedDataParallel(net, find_unused_parameters=True)
+        if kind == "in_backward":
+            opt.use_ddp(ddp)
+        for step in range(2):
+            x = torch.randn(4, 3, generator=torch.Generator().manual_seed(10 * step + rank))
+            loss = ddp(x).square().mean()
+            if kind == "in_backward":
+                opt.begin_backward()
+                loss.backward()
+                opt.free_grads()
+            else:
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        states = opt.per_param if kind == "in_backward" else {n: opt for n in named}
+        weights[kind] = {n: p.detach().clone() for n, p in named.items()}
+        weights[kind + "_state"] = {n: bool(states[n].state.get(p)) for n, p in named.items()}
+    torch.save(weights, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_with_unused_parameters_skips_what_had_no_gradient(tmp_path):
+    """With find_unused_parameters, DDP's bucket holds zeros for a parameter no rank used; a zero-gradient step
+    would still move it (weight decay, momentum) and give it state: the standard step skips it, so must this."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_unused_parameters_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    torch.manual_seed(0)
+    for rank in (0, 1):
+        w = torch.load(tmp_path / f"rank{rank}.pt")
+        assert_same_weights(w["standard"], w["in_backward"])
+        assert w["standard_state"] == w["in_backward_state"] == {
+            "used.weight": True, "used.bias": True, "rank0.weight": True, "rank0.bias": True,
+            "unused.weight": False, "unused.bias": False}

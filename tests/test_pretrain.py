@@ -117,10 +117,25 @@ def test_recipes_scale_lr_with_the_global_batch_and_differ_only_in_the_optimizer
         demo_vit_lr if scale == "demo_resnet" else 5e-4 * batch / 512)
     assert (sgd["model"]["optimizer"]["init_args"]["weight_decay"],
             adamw["model"]["optimizer"]["init_args"]["weight_decay"]) == (1e-4, 0.05)
+    assert (sgd["model"].pop("decay_1d"), adamw["model"].pop("decay_1d")) == (True, False)  # as each recipe
     for cfg in (sgd, adamw):
         cfg["model"].pop("optimizer")
         cfg["trainer"]["logger"]["init_args"].pop("name")
     assert sgd == adamw
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PRETRAIN.glob("*.yaml")))
+def test_weight_decay_follows_the_cited_recipe(name):
+    """torchvision's reference (the SGD recipes) decays every parameter unless --norm-weight-decay or
+    --bias-weight-decay is given; timm's train.py (DeiT's AdamW recipe) exempts 1-d tensors."""
+    from freeze_embed.pretraining.module import decay_groups
+    text = (PRETRAIN / name).read_text()
+    cited = "torchvision" if "torchvision's ResNet reference" in text else "deit"
+    assert cited == ("torchvision" if name.endswith("_sgd.yaml") else "deit")
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    decayed, exempt = decay_groups(model, _config(name)["model"]["decay_1d"])
+    assert (len(decayed["params"]), len(exempt["params"])) == ((4, 0) if cited == "torchvision" else (1, 3))
+    assert exempt["weight_decay"] == 0.0 and "weight_decay" not in decayed
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in PRETRAIN.glob("*.yaml")))

@@ -118,6 +118,13 @@ def _blocks(run_dir: Path) -> tuple:
     return tuple(cfg["model"]["strategy"]["init_args"]["blocks"])
 
 
+def write_results(run_dir: Path, metric: str, last: float, best: float = None) -> None:
+    """A trial's results.json: the metric after the last epoch and at the best one (the same unless ``best``)."""
+    best = last if best is None else best
+    (run_dir / "results.json").write_text(json.dumps({"selection_metric": metric, "last": {f"last/{metric}": last},
+                                                      "best": {f"best/{metric}": best}}))
+
+
 def fake_trials(monkeypatch, config: dict, score) -> list[tuple]:
     """Replace config composition and the training process: each trial records its subset in the returned list and
     writes a results.json scoring ``score(subsets so far)`` on ID validation."""
@@ -127,8 +134,7 @@ def fake_trials(monkeypatch, config: dict, score) -> list[tuple]:
     def fake_call(cmd, log, env):
         run_dir = Path(cmd[cmd.index("--run_dir") + 1])
         seen.append(_blocks(run_dir))
-        (run_dir / "results.json").write_text(json.dumps(
-            {"selection_metric": "id_val/acc", "best": {"best/id_val/acc": score(seen)}}))
+        write_results(run_dir, "id_val/acc", score(seen))
         return 0
     monkeypatch.setattr(one_run, "_call", fake_call)
     return seen
@@ -151,8 +157,7 @@ def test_interrupted_search_resumes_and_never_reruns_finished_trials(tmp_path, m
             kill_at["subset"] = None
             raise KeyboardInterrupt  # the search process dies here, mid-round
         score = FORWARD[subset]
-        (run_dir / "results.json").write_text(json.dumps(
-            {"selection_metric": "id_val/acc", "best": {"best/id_val/acc": score}}))
+        write_results(run_dir, "id_val/acc", score)
         return 0
     monkeypatch.setattr(one_run, "_call", fake_call)
     out = tmp_path / "search"
@@ -207,6 +212,46 @@ def test_no_wait_submits_a_round_and_exits(tmp_path, monkeypatch, demo_config, c
     assert command.main(["--config", "x.yaml", "--out", str(out), "--launcher", "debug", "--no_wait"]) == 0
     assert "run the same command again" in capsys.readouterr().out
     assert (out / "trials" / "blocks_none" / one_run.RUN_CONFIG).exists() and not (out / "strategy.yaml").exists()
+
+
+@pytest.mark.parametrize("score, picked", [(None, [1]), ("last", [1]), ("best", [0])])
+def test_score_after_the_last_epoch_by_default_or_at_the_best(tmp_path, monkeypatch, demo_config, score, picked):
+    """The official search scores a trial by its last epoch's accuracy; ``--score best`` by its best epoch's.
+    After the last epoch block 1 wins (0.70); at the best epochs block 0 does (0.90)."""
+    monkeypatch.setattr(command, "compose", lambda configs, overrides=(): json.loads(json.dumps(demo_config)))
+
+    def fake_call(cmd, log, env):
+        run_dir = Path(cmd[cmd.index("--run_dir") + 1])
+        subset = _blocks(run_dir)
+        write_results(run_dir, "id_val/acc", FORWARD[subset], best=0.9 if subset == (0,) else FORWARD[subset])
+        return 0
+    monkeypatch.setattr(one_run, "_call", fake_call)
+    out = tmp_path / "search"
+    argv = ["--config", "x.yaml", "--out", str(out), "--max_blocks", "1", *(["--score", score] if score else [])]
+    assert command.main(argv) == 0
+    written = (out / "strategy.yaml").read_text()
+    assert yaml.safe_load(written)["model"]["strategy"]["init_args"]["blocks"] == picked
+    key = f"{score or 'last'}/id_val/acc"
+    assert f"{key} {0.9 if score == 'best' else 0.7:.4f}" in written
+
+
+def test_include_embed_blocks_searches_resnet_layer1_blocks(tmp_path, monkeypatch, demo_config):
+    """--include_embed_blocks: a ResNet-18's candidates are its 8 blocks, layer1's two first (the official ResNet
+    candidates); a trial of block 0 trains layer1.0 and the head, the stem stays frozen."""
+    from freeze_embed.module import FineTuner
+    from freeze_embed.strategies import TrainBlocks
+    config = json.loads(json.dumps(demo_config))
+    config["model"].update(backbone="torchvision:resnet18", backbone_kwargs=None)
+    assert subtuning.count_blocks(config) == 6 and subtuning.count_blocks(config, embed_blocks=True) == 8
+    trial = subtuning.trial_config(config, [0, 7], embed_blocks=True)
+    assert trial["model"]["strategy"]["init_args"] == {"blocks": [0, 7], "embed": False, "head": True,
+                                                       "embed_blocks": True}
+    model = FineTuner(backbone="torchvision:resnet18", num_classes=3,
+                      strategy=TrainBlocks(**trial["model"]["strategy"]["init_args"]))
+    trained = set(model.trained_in(0))
+    assert {n.split(".")[1] + "." + n.split(".")[2] for n in trained if n.startswith("backbone.")} == {
+        "layer1.0", "layer4.1"}
+    assert "head.weight" in trained and "backbone.conv1.weight" not in trained
 
 
 def test_bad_inputs_say_one_sentence(tmp_path, monkeypatch, demo_config, capsys):
@@ -266,8 +311,7 @@ def test_folds_score_each_subset_by_the_mean_over_held_out_folds(tmp_path, monke
         assert run_dir.name == f"fold{fold}"
         seen.setdefault(subset, []).append(fold)
         score = FORWARD[subset] + (fold - 1) * 0.03  # folds 0, 1, 2: the mean is the table's score
-        (run_dir / "results.json").write_text(json.dumps(
-            {"selection_metric": "fold_val/acc", "best": {"best/fold_val/acc": score}}))
+        write_results(run_dir, "fold_val/acc", score)
         return 0
     monkeypatch.setattr(one_run, "_call", fake_call)
     out = tmp_path / "search"

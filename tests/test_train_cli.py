@@ -1,4 +1,5 @@
 """End-to-end ``train.py`` runs on the demo: every strategy, a user's strategy, resume, bf16, clear errors."""
+import json
 import subprocess
 import sys
 
@@ -151,6 +152,35 @@ def test_resume_after_crash_gives_the_same_weights_and_metrics(tmp_path, name):
     if "probe" in name or "lp_ft" in name:
         state = ckpt["strategy_state"]
         assert (state.get("probe") or state)["probe_result"]["C"] > 0  # the fit is recorded in the checkpoint
+
+
+@pytest.mark.slow
+def test_resume_restores_the_global_rng_where_the_uninterrupted_run_had_it(tmp_path):
+    """The restore path creates the training iterator (drawing its seeds from the global RNG) before the first
+    resumed epoch starts, the uninterrupted run after: the global RNG at each epoch start and first batch, the
+    shuffle, and the weights must still be the uninterrupted run's, also when the epoch start draws."""
+    base = ["--model.strategy", "my_strategies.DrawsAtEpochStart", "--data.init_args.train_size", "48"]
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+
+    def callbacks(run_dir, *more):
+        path = run_dir / f"callbacks{len(more)}.yaml"
+        path.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+            {"class_path": "my_strategies.RecordRNG", "init_args": {"out": str(run_dir / "rng.jsonl")}}, *more]}}))
+        return ["--config", str(path)]
+    whole.mkdir(), crashed.mkdir()
+    run_cli(tiny_demo_args(whole, epochs=3, extra=[*base, *callbacks(whole)]))
+    crash = {"class_path": "my_strategies.CrashAtEpoch", "init_args": {"epoch": 2}}
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(tiny_demo_args(crashed, epochs=3, extra=[*base, *callbacks(crashed, crash)]))
+    run_cli(tiny_demo_args(crashed, epochs=3, extra=[*base, *callbacks(crashed),
+                                                      "--ckpt_path", str(crashed / "run/checkpoints/last.ckpt")]))
+    expected = [json.loads(line) for line in (whole / "rng.jsonl").read_text().splitlines()]
+    seen = [json.loads(line) for line in (crashed / "rng.jsonl").read_text().splitlines()]
+    assert seen[4] == expected[4] == {**seen[4], "epoch": 2, "at": "epoch_start"}  # before the crash
+    assert seen[:4] + seen[5:] == expected  # the resumed run's epoch 2: its start and its first batch
+    sa = torch.load(whole / "run/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    sb = torch.load(crashed / "run/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 class RecordPrecision(L.Callback):

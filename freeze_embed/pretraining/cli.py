@@ -1,6 +1,6 @@
 """The pretraining command line (a LightningCLI, like ``train.py``'s):
 
-    python -m freeze_embed.pretrain fit --config configs/pretrain/demo_resnet.yaml --config configs/pretrain/sgd.yaml
+    python -m freeze_embed.pretrain fit --config configs/pretrain/demo_resnet_sgd.yaml
 
 Checkpoints go to ``<run_dir>/checkpoints/`` (``last.ckpt`` every epoch: resume with ``--ckpt_path``); after fit the
 backbone goes to ``<run_dir>/backbone.pth`` with ``backbone.yaml`` beside it (:func:`module.export_backbone`).

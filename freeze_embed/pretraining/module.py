@@ -3,7 +3,9 @@
 Appendix E pretrains the same BiT ResNet-50 with SGD and with AdamW, then fine-tunes each; the paper gives no
 pretraining recipe, so ``configs/pretrain/`` uses a standard one for each optimizer (the sources are cited there).
 The schedule is a linear warmup then a cosine to 0, stepped per batch. Weight decay skips biases and norm
-parameters (1-d tensors) by default, as timm's ``param_groups_weight_decay`` does.
+parameters (1-d tensors) by default, as timm's ``param_groups_weight_decay`` does (DeiT's AdamW recipe);
+``decay_1d: true`` decays every parameter, as torchvision's reference does unless ``--norm-weight-decay`` /
+``--bias-weight-decay`` are given (the SGD recipes).
 
 :func:`export_backbone` writes what ``train.py``'s ``model.pretrained`` loads as it is: the backbone's state dict
 (plus the pretraining head under the library's classifier name, which the loader drops), and a YAML naming the same
@@ -43,6 +45,14 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
 
 
+def decay_groups(model: nn.Module, decay_1d: bool) -> list[dict]:
+    """The optimizer's groups: 1-d tensors (biases, norm parameters) without weight decay unless ``decay_1d``."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if decay_1d or p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 class Pretrainer(L.LightningModule):
     """Backbone + linear head trained with cross-entropy on a classification set.
 
@@ -50,9 +60,10 @@ class Pretrainer(L.LightningModule):
         backbone: spec string (``timm:...`` or ``torchvision:...``); random initial weights.
         backbone_kwargs: passed to the library (e.g. timm ``layers``; ``stem: patchify`` for a BiT ResNet).
         num_classes: the pretraining classes (linked from the data by the CLI).
-        optimizer: the recipe's optimizer (``configs/pretrain/sgd.yaml``, ``adamw.yaml``).
+        optimizer: the recipe's optimizer (``configs/pretrain/bit50_sgd.yaml``, ``bit50_adamw.yaml``).
         warmup_epochs: linear warmup length (may be fractional); the cosine runs over the remaining steps.
-        decay_1d: also apply weight decay to biases and norm parameters (off by default, as timm and DeiT do).
+        decay_1d: also apply weight decay to biases and norm parameters (off by default, as timm and DeiT do; on
+            in the SGD recipes, as torchvision's reference).
         label_smoothing: of the cross-entropy.
     """
 
@@ -88,10 +99,7 @@ class Pretrainer(L.LightningModule):
                       on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for _, p in self.named_parameters():
-            (decay if self.hparams.decay_1d or p.ndim > 1 else no_decay).append(p)
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        optimizer = self.optimizer_factory(decay_groups(self, self.hparams.decay_1d))
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = int(round(self.hparams.warmup_epochs * per_epoch))

@@ -60,18 +60,29 @@ class TrainBlocks(Strategy):
     Presets: ``first`` / ``middle`` / ``last`` are the bottom / middle / top third of the anatomy's blocks. Lee et
     al. tune ResNet "Block 1" together with the stem (``first_two_block`` = ``conv1`` + ``block1`` in
     ``anniesch/surgical-finetuning`` ``main.py``): add ``embed: true`` for that.
+
+    ``embed_blocks: true`` counts the blocks inside the embedding's first stage (ResNets' ``layer1``, BiT's and
+    ConvNeXt's ``stages.0``: ``Anatomy.embed_blocks``) first, then the anatomy's blocks: SubTuning's ResNet candidates
+    are every block, ``layer1``'s included, and the stem stays frozen.
     """
 
-    def __init__(self, blocks: Union[BlockSpec, list[BlockSpec]] = "last", embed: bool = False, head: bool = True):
+    def __init__(self, blocks: Union[BlockSpec, list[BlockSpec]] = "last", embed: bool = False, head: bool = True,
+                 embed_blocks: bool = False):
         self.blocks = blocks
         self.embed = embed
         self.head = head
+        self.embed_blocks = embed_blocks
+
+    def candidates(self, anatomy: Anatomy) -> list[list[str]]:
+        """The blocks indices count over: the anatomy's, after the embedding's own with ``embed_blocks``."""
+        return (anatomy.embed_blocks if self.embed_blocks else []) + anatomy.blocks
 
     def block_indices(self, anatomy: Anatomy) -> list[int]:
-        return select_blocks(self.blocks, len(anatomy.blocks))
+        return select_blocks(self.blocks, len(self.candidates(anatomy)))
 
     def frozen(self, anatomy: Anatomy) -> list[str]:
-        trained = {n for i in self.block_indices(anatomy) for n in anatomy.blocks[i]}
+        candidates = self.candidates(anatomy)
+        trained = {n for i in self.block_indices(anatomy) for n in candidates[i]}
         if self.embed:
             trained.update(anatomy.embed)
         if self.head:

@@ -19,7 +19,7 @@ from ..sweep.launchers import add_slurm_arguments
 from ..sweep.plan import record_config
 from .profile import plot_profile
 from .search import STARTS, SearchError, SearchResult, Trial, greedy_search, subset_name
-from .trials import STRATEGY, Pending, SearchLog, TrialRunner, count_blocks
+from .trials import SCORES, STRATEGY, Pending, SearchLog, TrialRunner, count_blocks, strategy_args
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[str]]:
@@ -36,6 +36,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     p.add_argument("--folds", type=int, default=0,
                    help="score each subset by the mean over K folds of the training set, each trial trained on the "
                         "other K-1 (the official greedy_cross_val; default 0: ID validation)")
+    p.add_argument("--score", choices=SCORES, default="last",
+                   help="score each trial after its last epoch (the official search: callback_metrics['pred_acc'] "
+                        "after fit) or at its best epoch by the selection metric")
+    p.add_argument("--include_embed_blocks", action="store_true",
+                   help="also search the blocks inside the embedding's first stage (ResNets' layer1, numbered first), "
+                        "as the official ResNet candidates include them; the stem stays frozen")
     p.add_argument("--max_blocks", type=int, help="return at most this many blocks (a forward search stops there)")
     p.add_argument("--profile_only", action="store_true",
                    help="train each single block, head only and all blocks; write profile.png and profile.csv, no "
@@ -48,12 +54,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     return p.parse_known_args(argv)
 
 
-def write_strategy(path: Path, result: SearchResult, metric: str, num_blocks: int) -> None:
+def write_strategy(path: Path, result: SearchResult, metric: str, num_blocks: int, embed_blocks: bool = False) -> None:
+    """``metric``: the score's key, e.g. ``last/id_val/acc``."""
     head = (f"# SubTuning's greedy search ({result.start}) picked blocks {list(result.best)} of {num_blocks}: "
-            f"best/{metric} {result.best_score:.4f}.\n# Stopped: {result.stopped}. Every trial: search.csv.\n"
+            f"{metric} {result.best_score:.4f}.\n# Stopped: {result.stopped}. Every trial: search.csv.\n"
             f"# Use: python train.py fit --config <your configs> --config {path}\n")
-    body = {"model": {"strategy": {"class_path": STRATEGY, "init_args": {
-        "blocks": list(result.best), "embed": False, "head": True}}}}
+    body = {"model": {"strategy": {"class_path": STRATEGY, "init_args": strategy_args(result.best, embed_blocks)}}}
     path.write_text(head + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))
 
 
@@ -64,7 +70,7 @@ def write_profile(runner: TrialRunner, out: Path, num_blocks: int, title: str) -
     metric = runner.score_of((next(iter(singles)),))[1]
     path = out / "profile.png"
     ood = {i: x for i in singles if (x := runner.paper_numbers((i,))["ood"]) is not None}
-    plot_profile(singles, num_blocks, f"best/{metric}", str(path), runner.score_of(())[0],
+    plot_profile(singles, num_blocks, f"{runner.score}/{metric}", str(path), runner.score_of(())[0],
                  runner.score_of(tuple(range(num_blocks)))[0], title, ood)
     return path
 
@@ -83,9 +89,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     try:
         config = compose(args.config, overrides)
-        num_blocks = count_blocks(config)
+        num_blocks = count_blocks(config, args.include_embed_blocks)
         runner = TrialRunner(config, out, args.launcher, args.parallel, args, args.group or "-".join(out.parts[-3:]),
-                             wait=not args.no_wait, folds=args.folds)
+                             wait=not args.no_wait, folds=args.folds, score=args.score,
+                             embed_blocks=args.include_embed_blocks)
         if args.max_blocks is not None and not 0 <= args.max_blocks:
             raise SearchError(f"--max_blocks must be 0 or more, not {args.max_blocks}.")
     except (ConfigError, SearchError) as err:
@@ -117,9 +124,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     profile = write_profile(runner, out, num_blocks, title)
     print(f"Every trial: {log.path}" + (f"; profile: {profile}" if profile else ""))
     if result is not None:
-        metric = runner.score_of(result.best)[1]
-        write_strategy(out / "strategy.yaml", result, metric, num_blocks)
-        print(f"Best: blocks {list(result.best)} (best/{metric} {100 * result.best_score:.2f}), searched "
+        metric = f"{runner.score}/{runner.score_of(result.best)[1]}"
+        write_strategy(out / "strategy.yaml", result, metric, num_blocks, args.include_embed_blocks)
+        print(f"Best: blocks {list(result.best)} ({metric} {100 * result.best_score:.2f}), searched "
               f"{result.start} in {len(result.path) - 1} rounds, {len(result.trials)} trials; stopped: "
               f"{result.stopped}.\nWritten {out / 'strategy.yaml'}: train with --config {out / 'strategy.yaml'}")
     return 1 if runner.failed else 0

@@ -4,9 +4,10 @@ A trial is a :class:`~freeze_embed.sweep.run.Run` labelled ``blocks_0-3`` in ``D
 the user's composed config with ``model.strategy`` = ``TrainBlocks(blocks=[0, 3], embed=False, head=True)``, at the
 config's LR and seed (the same for every trial, so subsets differ only in what trains). A trial with a results.json
 is done and is never rerun; one with a last.ckpt resumes: the same command finishes an interrupted search. Its score
-is ``best/<selection metric>`` of its results.json (the dataset's ID validation metric at its best epoch, as the
-sweep reads it). With ``folds`` K (SubTuning's ``greedy_cross_val``), a subset is K runs in ``blocks_0-3/fold<k>/``,
-each trained on K-1 folds of the training set and scored on the held-out one
+is ``last/<selection metric>`` of its results.json (the dataset's ID validation metric after the last epoch, as the
+official search reads ``callback_metrics["pred_acc"]`` after fit), or with ``score="best"`` ``best/<selection
+metric>``, at its best epoch (as the sweep reads it). With ``folds`` K (SubTuning's ``greedy_cross_val``), a subset
+is K runs in ``blocks_0-3/fold<k>/``, each trained on K-1 folds of the training set and scored on the held-out one
 (:class:`~freeze_embed.data.HoldOutFold`); its score is their mean, and ID validation is never looked at.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .search import SearchError, Subset, Trial, subset_name
 
 STRATEGY = "freeze_embed.strategies.TrainBlocks"
 FOLDS = "freeze_embed.data.HoldOutFold"
+SCORES = ("last", "best")  # the checkpoint a trial is scored at: the official last epoch, or the best epoch
 CSV_FIELDS = ["round", "move", "subset", "n_blocks", "score", "metric", "id", "ood", "status", "run_dir"]
 
 
@@ -31,12 +33,13 @@ class Pending(Exception):
     """Trials were submitted (SLURM, ``--no_wait``) or are still running: the search goes on when they finish."""
 
 
-def trial_config(config: dict, subset: Sequence[int], fold: Optional[int] = None, folds: int = 0) -> dict:
+def trial_config(config: dict, subset: Sequence[int], fold: Optional[int] = None, folds: int = 0,
+                 embed_blocks: bool = False) -> dict:
     """The user's config training only ``subset`` (plus the head): SubTuning's trial; with ``folds``, on all but
-    fold ``fold`` of the training set, selected on that fold."""
+    fold ``fold`` of the training set, selected on that fold; with ``embed_blocks``, indices count the embedding's
+    blocks first (``TrainBlocks.embed_blocks``)."""
     cfg = copy.deepcopy(config)
-    cfg["model"]["strategy"] = {"class_path": STRATEGY,
-                                "init_args": {"blocks": sorted(int(i) for i in subset), "embed": False, "head": True}}
+    cfg["model"]["strategy"] = {"class_path": STRATEGY, "init_args": strategy_args(subset, embed_blocks)}
     if folds:
         data = cfg["data"]
         data.get("init_args", {}).pop("backbone", None)  # train.py links model.backbone to the outer datamodule
@@ -44,14 +47,21 @@ def trial_config(config: dict, subset: Sequence[int], fold: Optional[int] = None
     return cfg
 
 
-def count_blocks(config: dict) -> int:
-    """The number of anatomy blocks of the config's backbone: built with random weights, so nothing downloads."""
+def strategy_args(subset: Sequence[int], embed_blocks: bool = False) -> dict:
+    """``TrainBlocks``' arguments for a trial or the pick."""
+    return {"blocks": sorted(int(i) for i in subset), "embed": False, "head": True,
+            **({"embed_blocks": True} if embed_blocks else {})}
+
+
+def count_blocks(config: dict, embed_blocks: bool = False) -> int:
+    """The number of candidate blocks of the config's backbone (the anatomy's, plus the embedding's with
+    ``embed_blocks``): built with random weights, so nothing downloads."""
     from ..parts import build_module
     model = config["model"]
     keep = ("backbone_kwargs", "embed", "embed_tokens", "num_classes")
     module = build_module(model["backbone"], None, {}, pretrained=False,
                           **{k: model[k] for k in keep if model.get(k) is not None})
-    return len(module.anatomy.blocks)
+    return len(module.anatomy.blocks) + (len(module.anatomy.embed_blocks) if embed_blocks else 0)
 
 
 def lr_and_seed(config: dict) -> tuple[float, int]:
@@ -67,10 +77,13 @@ class TrialRunner:
     """The scorer of :func:`~.search.greedy_search`: trains a round's missing subsets, reads every score."""
 
     def __init__(self, config: dict, out: Path, launcher: str = "local", parallel: Optional[int] = None,
-                 slurm_args=None, group: str = "", wait: bool = True, folds: int = 0):
+                 slurm_args=None, group: str = "", wait: bool = True, folds: int = 0, score: str = "last",
+                 embed_blocks: bool = False):
         if folds == 1 or folds < 0:
             raise SearchError(f"--folds must be 2 or more (or 0: score on ID validation), not {folds}.")
-        self.folds = folds
+        if score not in SCORES:
+            raise SearchError(f"--score is one of {', '.join(SCORES)}, not {score!r}.")
+        self.folds, self.score, self.embed_blocks = folds, score, embed_blocks
         self.config, self.out, self.launcher = config, Path(out), launcher
         self.parallel, self.slurm_args, self.group = parallel, slurm_args, group
         self.wait = wait or launcher == "local"  # --no_wait: submit a round's SLURM jobs and exit
@@ -97,12 +110,14 @@ class TrialRunner:
     def score_of(self, subset: Sequence[int]) -> tuple[Optional[float], str]:
         first = read_results(self.runs(subset)[0]) or {}
         metric = first.get("selection_metric") or SELECTION_METRIC
-        return self._mean(subset, lambda r: (r.get("best") or {}).get(f"best/{metric}")), metric
+        tag = self.score
+        return self._mean(subset, lambda r: (r.get(tag) or {}).get(f"{tag}/{metric}")), metric
 
     def paper_numbers(self, subset: Sequence[int]) -> dict[str, Optional[float]]:
-        """The trial's ID and OOD numbers (``best/paper/id``, ``best/paper/ood``) at its best epoch (the mean over
-        folds), for reading the search; the search itself never looks at them."""
-        return {k: self._mean(subset, lambda r, k=k: (r.get("best") or {}).get(f"best/paper/{k}"))
+        """The trial's ID and OOD numbers (``last/paper/id``, ``last/paper/ood``, or ``best/...``: the checkpoint
+        it is scored at; the mean over folds), for reading the search; the search itself never looks at them."""
+        tag = self.score
+        return {k: self._mean(subset, lambda r, k=k: (r.get(tag) or {}).get(f"{tag}/paper/{k}"))
                 for k in ("id", "ood")}
 
     def __call__(self, subsets: Sequence[Subset]) -> list[Optional[float]]:
@@ -116,7 +131,7 @@ class TrialRunner:
             todo = [r for r in pending if r not in in_flight]
             for run in todo:
                 subset, fold = self._what[run.name]
-                prepare(run, trial_config(self.config, subset, fold, self.folds))
+                prepare(run, trial_config(self.config, subset, fold, self.folds, self.embed_blocks))
             if todo and self.launcher == "local":
                 launch_local(todo, *local_slots(self.config, self.parallel))
             elif todo:

@@ -1,7 +1,7 @@
 """A sweep's plan: its LR grid, each run's ``train.py`` config, and their W&B group and ids.
 
-Pure functions of the composed config (:func:`freeze_embed.config.compose`): nothing here starts a process or
-touches a run directory.
+Functions of the composed config (:func:`freeze_embed.config.compose`): nothing here starts a process or touches
+a run's directory; :func:`record_config` writes the sweep's own ``DIR/config.yaml``.
 """
 from __future__ import annotations
 
