@@ -13,7 +13,6 @@ the results tables through this same parser; training itself ignores them.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -22,8 +21,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from . import checkpoint_io
 from .data.base import ShiftDataModule
 from .errors import FreezeEmbedError
+from .files import write_json
 from .module import TEST_PREFIX, FineTuner
 
 
@@ -81,6 +82,12 @@ class FreezeEmbedCLI(LightningCLI):
             from .in_backward import check_precision
             check_precision(config.get("trainer", {}).get("precision"))
         checkpoints_in_run_dir(config, ("checkpoint", "last_checkpoint"))
+        checkpoint_io.check_ckpt_path(config, self.subcommand)  # before the model is built
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        checkpoint_io.install(trainer, checkpoint_io.trust_pickle_of(self.config.get(self.subcommand, self.config)))
+        return trainer
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
@@ -108,8 +115,7 @@ class FreezeEmbedCLI(LightningCLI):
         log_dir = (self.config[self.subcommand].get("run_dir") or self.trainer.log_dir
                    or self.trainer.default_root_dir)
         os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(os.path.join(log_dir, "results.json"), results)
         dm = self.datamodule
         rows = []
         for tag in ("best", "last"):

@@ -7,13 +7,14 @@ backbone goes to ``<run_dir>/backbone.pth`` with ``backbone.yaml`` beside it (:f
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from .. import checkpoint_io
 from ..cli import add_run_arguments, checkpoints_in_run_dir, exit_on_user_error
+from ..files import write_json
 from .data import PretrainData
 from .module import Pretrainer, export_backbone
 
@@ -30,7 +31,14 @@ class PretrainCLI(LightningCLI):
         add_run_arguments(parser, "Put checkpoints/, backbone.pth and backbone.yaml here; default: the logger's dir.")
 
     def before_instantiate_classes(self) -> None:
-        checkpoints_in_run_dir(self.config.get(self.subcommand, self.config), ("last_checkpoint",))
+        config = self.config.get(self.subcommand, self.config)
+        checkpoints_in_run_dir(config, ("last_checkpoint",))
+        checkpoint_io.check_ckpt_path(config, self.subcommand)  # before the model is built
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        checkpoint_io.install(trainer, checkpoint_io.trust_pickle_of(self.config.get(self.subcommand, self.config)))
+        return trainer
 
     def after_fit(self) -> None:
         if self.trainer.interrupted or self.trainer.global_rank != 0:
@@ -38,8 +46,8 @@ class PretrainCLI(LightningCLI):
         out = self.config[self.subcommand].get("run_dir") or self.trainer.log_dir or self.trainer.default_root_dir
         pth, cfg = export_backbone(self.model, out)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        with open(os.path.join(out, "pretrain.json"), "w") as f:
-            json.dump({"epochs": self.trainer.current_epoch, "backbone": pth, **metrics}, f, indent=2)
+        write_json(os.path.join(out, "pretrain.json"), {"epochs": self.trainer.current_epoch, "backbone": pth,
+                                                         **metrics})
         print(f"\nPretrained backbone written to {pth} (val/acc {metrics.get('val/acc', float('nan')):.4f});"
               f" fine-tune it with --config {cfg}", file=sys.stderr)
 
