@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import sys
 from typing import Any, Callable, Optional
@@ -48,10 +49,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_write(path) as f:
                 torch.save(checkpoint, f)
         except OSError as err:
-            kept = "the previous one is kept" if os.path.exists(path) else "no earlier one was there"
             raise CheckpointWriteError(
-                f"Could not write the checkpoint '{path}' ({err.strerror or err}); {kept}: free space (or give "
-                "--run_dir on a disk with room) and resume with --ckpt_path last.") from err
+                f"Could not write the checkpoint '{path}' ({err.strerror or err}); the checkpoints written before are "
+                "untouched: free space (or give --run_dir on a disk with room) and resume with --ckpt_path last."
+            ) from err
 
     def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
                         weights_only: Optional[bool] = None) -> dict[str, Any]:
@@ -76,11 +77,30 @@ def trust_pickle_of(config) -> bool:
     return bool((config.get("model") or {}).get("trust_pickle", False))
 
 
-def check_ckpt_path(config, subcommand: Optional[str], checkpoint_key: str = "last_checkpoint") -> None:
-    """Replace the parsed config's ``ckpt_path`` by :func:`resolve_ckpt_path`'s answer (the CLIs' one call)."""
-    if "ckpt_path" in config:
-        folder = (config.get(checkpoint_key) or {}).get("dirpath")
-        config["ckpt_path"] = resolve_ckpt_path(config["ckpt_path"], subcommand, folder, trust_pickle_of(config))
+class DurableCheckpoints:
+    """LightningCLI mixin (``class MyCLI(DurableCheckpoints, LightningCLI)``): ``--ckpt_path`` checked and resolved
+    (:func:`resolve_ckpt_path`) before Lightning reads the checkpoint's hyperparameters and before any model is
+    built, and :class:`AtomicCheckpointIO` installed in the trainer."""
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path"):
+            from .cli import checkpoints_in_run_dir
+            config = self.config[subcommand]
+            checkpoints_in_run_dir(config, ("last_checkpoint",))
+            folder = (config.get("last_checkpoint") or {}).get("dirpath")
+            config["ckpt_path"] = resolve_ckpt_path(config["ckpt_path"], subcommand, folder, trust_pickle_of(config))
+        try:
+            super()._parse_ckpt_path()  # reads it with weights_only=True, for its hyperparameters
+        except pickle.UnpicklingError:
+            if not trust_pickle_of(self.config[subcommand]):
+                raise
+            # a trusted file only full pickle reads: keep the config's own hyperparameters
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        install(trainer, trust_pickle_of(self.config.get(self.subcommand, self.config)))
+        return trainer
 
 
 def resolve_ckpt_path(ckpt_path: Optional[str], subcommand: str, checkpoint_dir: Optional[str],

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
-from . import checkpoint_io
+from .checkpoint_io import DurableCheckpoints
 from .data.base import ShiftDataModule
 from .errors import FreezeEmbedError
 from .files import write_json
@@ -53,7 +53,7 @@ def checkpoints_in_run_dir(config, keys: Sequence[str]) -> None:
             config[key]["dirpath"] = os.path.join(run_dir, "checkpoints")
 
 
-class FreezeEmbedCLI(LightningCLI):
+class FreezeEmbedCLI(DurableCheckpoints, LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)  # reproducible unless a sweep sets the seed
@@ -82,12 +82,6 @@ class FreezeEmbedCLI(LightningCLI):
             from .in_backward import check_precision
             check_precision(config.get("trainer", {}).get("precision"))
         checkpoints_in_run_dir(config, ("checkpoint", "last_checkpoint"))
-        checkpoint_io.check_ckpt_path(config, self.subcommand)  # before the model is built
-
-    def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
-        checkpoint_io.install(trainer, checkpoint_io.trust_pickle_of(self.config.get(self.subcommand, self.config)))
-        return trainer
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:

@@ -12,14 +12,14 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
-from .. import checkpoint_io
+from ..checkpoint_io import DurableCheckpoints
 from ..cli import add_run_arguments, checkpoints_in_run_dir, exit_on_user_error
 from ..files import write_json
 from .data import PretrainData
 from .module import Pretrainer, export_backbone
 
 
-class PretrainCLI(LightningCLI):
+class PretrainCLI(DurableCheckpoints, LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
@@ -31,14 +31,7 @@ class PretrainCLI(LightningCLI):
         add_run_arguments(parser, "Put checkpoints/, backbone.pth and backbone.yaml here; default: the logger's dir.")
 
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand, self.config)
-        checkpoints_in_run_dir(config, ("last_checkpoint",))
-        checkpoint_io.check_ckpt_path(config, self.subcommand)  # before the model is built
-
-    def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
-        checkpoint_io.install(trainer, checkpoint_io.trust_pickle_of(self.config.get(self.subcommand, self.config)))
-        return trainer
+        checkpoints_in_run_dir(self.config.get(self.subcommand, self.config), ("last_checkpoint",))
 
     def after_fit(self) -> None:
         if self.trainer.interrupted or self.trainer.global_rank != 0:

@@ -1,0 +1,207 @@
+"""Nothing lost: a save cut short (full disk, SIGKILL) keeps the previous checkpoint and the next ``--ckpt_path last``
+resumes to exactly the uninterrupted result; an unreadable last.ckpt falls back to the newest readable checkpoint
+(also for a sweep's resumed run); nobody in: a checkpoint whose pickle runs code never runs, and a bad --ckpt_path is
+one sentence before the model is built."""
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from helpers import ROOT, run_cli
+
+REAL_SAVE = torch.save
+
+
+def write_half_of(obj, f) -> None:
+    """Serialise ``obj`` whole, then write only the first half of its bytes to ``f`` (a file object or a path)."""
+    buf = io.BytesIO()
+    REAL_SAVE(obj, buf)
+    half = buf.getvalue()[: len(buf.getvalue()) // 2]
+    if hasattr(f, "write"):
+        f.write(half)
+        f.flush()
+    else:
+        with open(f, "wb") as out:
+            out.write(half)
+
+
+class KillWhileSaving(L.Callback):
+    """SIGKILLs its own process from inside the first checkpoint write of ``epoch``, half its bytes written."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch = epoch
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.current_epoch == self.epoch:
+            def dying_save(obj, f, *args, **kwargs):
+                write_half_of(obj, f)
+                os.kill(os.getpid(), signal.SIGKILL)
+            torch.save = dying_save
+
+
+def failing_save(obj, f, *args, **kwargs):
+    """``torch.save`` on a disk that fills up halfway through the second epoch's checkpoint."""
+    if isinstance(obj, dict) and obj.get("epoch") == 1:
+        write_half_of(obj, f)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return REAL_SAVE(obj, f, *args, **kwargs)
+
+
+def ckpt_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.suffix == ".ckpt")
+
+
+def loads(path) -> dict:
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    """The demo at test size as one config file (a sweep's run_config.yaml can be the same file)."""
+    folder = tmp_path_factory.mktemp("durable")
+    cfg = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+    cfg["data"]["init_args"].update(train_size=32, eval_size=32, batch_size=16)
+    cfg["trainer"].update(max_epochs=2, enable_progress_bar=False, enable_model_summary=False)
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(folder / "logs")
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def whole(config):
+    """The uninterrupted 2-epoch run every interrupted one must equal."""
+    run, cwd = config.parent / "whole", os.getcwd()
+    os.chdir(ROOT)  # the config names the demo checkpoint relative to the repo root
+    try:
+        run_cli(["fit", "--config", str(config), "--run_dir", str(run)])
+    finally:
+        os.chdir(cwd)
+    return run
+
+
+def assert_same_run(run, whole) -> None:
+    """Exactly the uninterrupted run: the same results.json and the same final weights, bit for bit."""
+    results = [json.loads((r / "results.json").read_text())["last"] for r in (run, whole)]
+    assert results[0] == results[1]
+    a, b = loads(whole / "checkpoints/last.ckpt"), loads(run / "checkpoints/last.ckpt")
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+
+
+def one_sentence(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ")
+    return err[-1]
+
+
+@pytest.mark.slow
+def test_full_disk_mid_save_keeps_the_previous_checkpoint_and_resume_is_exact(config, whole, tmp_path, monkeypatch,
+                                                                             capsys):
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", failing_save)
+        with pytest.raises(SystemExit) as exc:
+            run_cli(["fit", "--config", str(config), "--run_dir", str(run)])
+    assert exc.value.code == 2
+    msg = one_sentence(capsys)
+    assert "No space left on device" in msg and "written before are untouched" in msg and "--ckpt_path last" in msg
+    folder = run / "checkpoints"
+    assert loads(folder / "last.ckpt")["epoch"] == 0  # the previous epoch's, whole
+    assert [p.name for p in folder.iterdir() if p.suffix != ".ckpt"] == []  # no temporary file left behind
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append(os.path.basename(b)), real_replace(a, b))[1])
+    run_cli(["fit", "--config", str(config), "--run_dir", str(run), "--ckpt_path", "last"])
+    assert_same_run(run, whole)
+    assert "results.json" in replaced and "last.ckpt" in replaced  # both landed by os.replace: never half there
+
+
+@pytest.mark.slow
+def test_sigkill_while_saving_keeps_the_previous_checkpoint_and_resume_is_exact(config, whole, tmp_path):
+    run, kill = tmp_path / "run", tmp_path / "kill.yaml"
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    kill.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        *callbacks, {"class_path": "test_durable.KillWhileSaving", "init_args": {"epoch": 1}}]}}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config), "--config",
+                           str(kill), "--run_dir", str(run)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    folder = run / "checkpoints"
+    assert loads(folder / "last.ckpt")["epoch"] == 0
+    run_cli(["fit", "--config", str(config), "--run_dir", str(run), "--ckpt_path", "last"])
+    assert_same_run(run, whole)
+
+
+@pytest.mark.slow
+def test_sweep_run_with_a_truncated_last_ckpt_falls_back_and_resume_is_exact(config, whole, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The sweep (and the SubTuning search, which launches its trials the same way) resumes a run with
+    ``--ckpt_path <run>/checkpoints/last.ckpt``: a truncated one falls back to the run's best checkpoint."""
+    from freeze_embed.sweep import run as one_run
+    run = one_run.Run(lr=0.01, seed=0, run_dir=str(tmp_path / "run"))
+    cfg = yaml.safe_load(config.read_text())
+    folder = tmp_path / "run/checkpoints"
+    (tmp_path / "run").mkdir()
+
+    def in_process(cmd, log, env):
+        run_cli(cmd[cmd.index("fit"):])
+        return 0
+    monkeypatch.setattr(one_run, "_call", in_process)
+    crashing = {**cfg, "trainer": {**cfg["trainer"], "callbacks": [
+        *cfg["trainer"]["callbacks"], {"class_path": "my_strategies.CrashAtEpoch", "init_args": {"epoch": 1}}]}}
+    (tmp_path / "run" / one_run.RUN_CONFIG).write_text(yaml.safe_dump(crashing))
+    assert one_run.execute(run)["status"] == "failed"  # crashed at the start of epoch 1
+    assert ckpt_files(folder) == ["best-epoch00.ckpt", "last.ckpt"]
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # cut by an in-place write
+    (tmp_path / "run" / one_run.RUN_CONFIG).write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    report = one_run.execute(run)
+    assert report["status"] == "done" and report["resumed"]
+    err = capsys.readouterr().err
+    assert (f"warning: '{last}' is unreadable (truncated, or cut by a kill mid-write); resuming from "
+            f"'{folder / 'best-epoch00.ckpt'}' (epoch 0, step 2), the newest readable checkpoint of this run.") in err
+    assert_same_run(tmp_path / "run", whole)
+
+
+class Marker:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_checkpoint_whose_pickle_runs_code_never_runs(config, tmp_path, monkeypatch, capsys, subcommand):
+    marker, evil = tmp_path / "marker", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "payload": Marker(marker)}, evil)
+    monkeypatch.setattr("freeze_embed.module.create_backbone", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(SystemExit) as exc:
+        run_cli([subcommand, "--config", str(config), "--ckpt_path", str(evil)])
+    assert exc.value.code == 2 and not marker.exists()
+    msg = one_sentence(capsys)
+    assert f"'{evil}'" in msg and "could run code" in msg and "--model.trust_pickle true" in msg
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_missing_ckpt_path_is_one_sentence_before_the_model_is_built(config, monkeypatch, capsys, subcommand):
+    monkeypatch.setattr("freeze_embed.module.create_backbone", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(SystemExit) as exc:
+        run_cli([subcommand, "--config", str(config), "--ckpt_path", "/no/such.ckpt"])
+    assert exc.value.code == 2
+    assert one_sentence(capsys) == ("error: The checkpoint '/no/such.ckpt' given as --ckpt_path does not exist; give a "
+                                    ".ckpt file a run wrote (or --ckpt_path last with the run's --run_dir).")
