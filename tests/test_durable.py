@@ -205,3 +205,59 @@ def test_missing_ckpt_path_is_one_sentence_before_the_model_is_built(config, mon
     assert exc.value.code == 2
     assert one_sentence(capsys) == ("error: The checkpoint '/no/such.ckpt' given as --ckpt_path does not exist; give a "
                                     ".ckpt file a run wrote (or --ckpt_path last with the run's --run_dir).")
+
+
+# --- the pieces, without training ----------------------------------------------------------------------------------
+def fake_ckpt(path, epoch: int, step: int) -> None:
+    REAL_SAVE({"state_dict": {"w": torch.full((4,), float(step))}, "epoch": epoch, "global_step": step}, path)
+
+
+def test_atomic_checkpoint_io_keeps_the_previous_file_when_the_disk_fills(tmp_path, monkeypatch):
+    from freeze_embed.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+    path = tmp_path / "last.ckpt"
+    fake_ckpt(path, 0, 2)
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(CheckpointWriteError, match=r"^Could not write the checkpoint '.*last\.ckpt' \(No space left"):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 1, "state_dict": {}}, str(path))
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_last_falls_back_to_the_newest_readable_checkpoint(tmp_path, capsys):
+    from freeze_embed.checkpoint_io import resolve_ckpt_path
+    fake_ckpt(tmp_path / "best-epoch03.ckpt", 3, 8)
+    fake_ckpt(tmp_path / "best-epoch01.ckpt", 1, 4)  # written later, but less far into training
+    fake_ckpt(tmp_path / "last.ckpt", 4, 10)
+    (tmp_path / "last.ckpt").write_bytes((tmp_path / "last.ckpt").read_bytes()[:100])
+    assert resolve_ckpt_path("last", "fit", str(tmp_path)) == str(tmp_path / "best-epoch03.ckpt")
+    assert capsys.readouterr().err == (
+        f"warning: '{tmp_path / 'last.ckpt'}' is unreadable (truncated, or cut by a kill mid-write); resuming from "
+        f"'{tmp_path / 'best-epoch03.ckpt'}' (epoch 3, step 8), the newest readable checkpoint of this run.\n")
+
+
+def test_unreadable_checkpoint_without_fallback_is_one_sentence(tmp_path):
+    from freeze_embed.checkpoint_io import resolve_ckpt_path
+    from freeze_embed.files import UnreadableFileError
+    (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(UnreadableFileError, match=r"^Cannot resume: Cannot read the checkpoint .* and no other "
+                                                  r"checkpoint in '.*' reads either; start the run afresh"):
+        resolve_ckpt_path(str(tmp_path / "last.ckpt"), "fit", None)
+    fake_ckpt(tmp_path / "best-epoch00.ckpt", 0, 2)
+    with pytest.raises(UnreadableFileError, match="truncated or not a PyTorch file"):  # test the file asked for
+        resolve_ckpt_path(str(tmp_path / "last.ckpt"), "test", None)
+    assert resolve_ckpt_path("last", "fit", str(tmp_path / "none_yet")) == "last"  # a first run: Lightning's warning
+
+
+def test_the_cli_installs_atomic_checkpoint_io_unless_the_user_gave_one():
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+    from freeze_embed.checkpoint_io import AtomicCheckpointIO, install
+    trainer = L.Trainer(logger=False, enable_checkpointing=False)
+    install(trainer)
+    assert type(trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    mine = TorchCheckpointIO()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, plugins=[mine])
+    install(trainer)
+    assert trainer.strategy.checkpoint_io is mine
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, plugins=[AsyncCheckpointIO()])
+    install(trainer)
+    assert type(trainer.strategy.checkpoint_io.checkpoint_io) is AtomicCheckpointIO
