@@ -7,8 +7,8 @@
   onto ``last.ckpt`` itself. It reads with ``weights_only=True``; a file that needs arbitrary pickle, or a truncated
   one, is one sentence. :func:`install` makes it the trainer's plugin unless the user gave a CheckpointIO of their own.
 * :func:`resolve_ckpt_path` checks ``--ckpt_path`` before the model is built: a missing or unsafe file is one
-  sentence, and resuming (``fit``) from an unreadable ``last.ckpt`` (cut short by an older version's in-place write,
-  or by something outside our control) falls back to the newest readable checkpoint of the run, saying which. The
+  sentence, and resuming (``fit``) from an unreadable ``last.ckpt`` (cut short by a kill during a copy onto it, or
+  by something else outside our control) falls back to the newest readable checkpoint of the run, saying which. The
   sweep and the SubTuning search resume their runs with ``--ckpt_path <run>/checkpoints/last.ckpt``, so they get the
   same fallback.
 """
@@ -152,8 +152,9 @@ def _fallback(broken: str, err: UnreadableFileError, trust_pickle: bool) -> str:
             except UnreadableFileError:
                 pass
     if not readable:
-        raise UnreadableFileError(f"Cannot resume: {str(err).rstrip('.')}, and no other checkpoint in '{folder}' "
-                                  "reads either; start the run afresh without --ckpt_path.") from err
+        reason = str(err).rstrip(".")
+        raise UnreadableFileError(f"Cannot resume: {reason[0].lower()}{reason[1:]}, and no other checkpoint in "
+                                  f"'{folder}' reads either; start the run afresh without --ckpt_path.") from err
     chosen = max(readable, key=readable.get)
     step, epoch, _ = readable[chosen]
     print(f"warning: '{broken}' is unreadable (truncated, or cut by a kill mid-write); resuming from '{chosen}' "

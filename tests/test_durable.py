@@ -280,7 +280,7 @@ def test_unreadable_checkpoint_without_fallback_is_one_sentence(tmp_path):
     from freeze_embed.checkpoint_io import resolve_ckpt_path
     from freeze_embed.files import UnreadableFileError
     (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 cut")
-    with pytest.raises(UnreadableFileError, match=r"^Cannot resume: Cannot read the checkpoint .* and no other "
+    with pytest.raises(UnreadableFileError, match=r"^Cannot resume: cannot read the checkpoint .* and no other "
                                                   r"checkpoint in '.*' reads either; start the run afresh"):
         resolve_ckpt_path(str(tmp_path / "last.ckpt"), "fit", None)
     fake_ckpt(tmp_path / "best-epoch00.ckpt", 0, 2)
