@@ -13,7 +13,6 @@ the results tables through this same parser; training itself ignores them.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -22,8 +21,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from .checkpoint_io import DurableCheckpoints
 from .data.base import ShiftDataModule
 from .errors import FreezeEmbedError
+from .files import write_json
 from .module import TEST_PREFIX, FineTuner
 
 
@@ -53,7 +54,7 @@ def checkpoints_in_run_dir(config, keys: Sequence[str]) -> None:
             config[key]["dirpath"] = os.path.join(run_dir, "checkpoints")
 
 
-class FreezeEmbedCLI(LightningCLI):
+class FreezeEmbedCLI(DurableCheckpoints, LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)  # reproducible unless a sweep sets the seed
@@ -109,8 +110,7 @@ class FreezeEmbedCLI(LightningCLI):
         log_dir = (self.config[self.subcommand].get("run_dir") or self.trainer.log_dir
                    or self.trainer.default_root_dir)
         os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(os.path.join(log_dir, "results.json"), results)
         dm = self.datamodule
         rows = []
         for tag in ("best", "last"):

@@ -31,6 +31,7 @@ from . import files
 from .cli import exit_on_user_error
 from .config import build
 from .errors import FreezeEmbedError
+from .files import atomic_write
 from .module import TEST_PREFIX
 
 BUILD = "zeroshot"  # --zeroshot BUILD: the zero-shot model from the configs, no checkpoint
@@ -143,7 +144,8 @@ def run(cli_args: Sequence[str], zeroshot: str, finetuned: str, alphas: Sequence
             saved = {k: v for k, v in fine.items() if k not in ("optimizer_states", "lr_schedulers", "callbacks")}
             saved["state_dict"] = theta
             saved["wise_ft"] = {"alpha": alpha, "zeroshot": zeroshot, "finetuned": finetuned, "head": bool(whole)}
-            torch.save(saved, os.path.join(out, f"alpha_{alpha_name(alpha)}.ckpt"))
+            with atomic_write(os.path.join(out, f"alpha_{alpha_name(alpha)}.ckpt")) as f:
+                torch.save(saved, f)
     write_csv(rows, os.path.join(out, "wise_ft.csv"))
     plot(rows, os.path.join(out, "wise_ft.png"), dm.id_metric, dm.ood_metric)
     return rows
@@ -151,7 +153,7 @@ def run(cli_args: Sequence[str], zeroshot: str, finetuned: str, alphas: Sequence
 
 def write_csv(rows: list[dict], path: str) -> None:
     keys = sorted({k for r in rows for k in r} - {"alpha", "paper/id", "paper/ood"})
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, ["alpha", "paper/id", "paper/ood", *keys])
         writer.writeheader()
         writer.writerows(rows)

@@ -7,18 +7,19 @@ backbone goes to ``<run_dir>/backbone.pth`` with ``backbone.yaml`` beside it (:f
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from ..checkpoint_io import DurableCheckpoints
 from ..cli import add_run_arguments, checkpoints_in_run_dir, exit_on_user_error
+from ..files import write_json
 from .data import PretrainData
 from .module import Pretrainer, export_backbone
 
 
-class PretrainCLI(LightningCLI):
+class PretrainCLI(DurableCheckpoints, LightningCLI):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)
@@ -38,8 +39,8 @@ class PretrainCLI(LightningCLI):
         out = self.config[self.subcommand].get("run_dir") or self.trainer.log_dir or self.trainer.default_root_dir
         pth, cfg = export_backbone(self.model, out)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        with open(os.path.join(out, "pretrain.json"), "w") as f:
-            json.dump({"epochs": self.trainer.current_epoch, "backbone": pth, **metrics}, f, indent=2)
+        write_json(os.path.join(out, "pretrain.json"), {"epochs": self.trainer.current_epoch, "backbone": pth,
+                                                         **metrics})
         print(f"\nPretrained backbone written to {pth} (val/acc {metrics.get('val/acc', float('nan')):.4f});"
               f" fine-tune it with --config {cfg}", file=sys.stderr)
 

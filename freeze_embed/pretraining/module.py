@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ..backbones import create_backbone, parse_spec
 from ..errors import FreezeEmbedError
+from ..files import atomic_write
 from ..optim import SGD
 from ..rng import rng_states, set_rng_states
 
@@ -132,12 +133,13 @@ def export_backbone(module: Pretrainer, out_dir: str) -> tuple[str, str]:
     prefix = classifier_name(module.backbone, module.library)
     state.update({f"{prefix}.{k}": v.detach().cpu().clone() for k, v in module.head.state_dict().items()})
     pth, cfg = os.path.join(out_dir, "backbone.pth"), os.path.join(out_dir, "backbone.yaml")
-    torch.save(state, pth)
+    with atomic_write(pth) as f:
+        torch.save(state, f)
     model = {"backbone": module.hparams.backbone, "pretrained": os.path.abspath(pth),
              "backbone_kwargs": json.loads(json.dumps(dict(module.hparams.backbone_kwargs or {})))}
     if module.library == "torchvision":  # its loader is strict about the classifier's size
         model["backbone_kwargs"].setdefault("num_classes", module.hparams.num_classes)
-    with open(cfg, "w") as f:
+    with atomic_write(cfg, "w") as f:
         f.write("# Written by python -m freeze_embed.pretrain: fine-tune this backbone with\n"
                 f"#   python train.py fit --config <data> --config <method> --config {cfg}\n")
         yaml.safe_dump({"model": model}, f, sort_keys=False)

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import yaml
 
 from ..config import ConfigError, compose
+from ..files import atomic_write
 from ..sweep.launchers import add_slurm_arguments
 from ..sweep.plan import record_config
 from .profile import plot_profile
@@ -60,7 +61,8 @@ def write_strategy(path: Path, result: SearchResult, metric: str, num_blocks: in
             f"{metric} {result.best_score:.4f}.\n# Stopped: {result.stopped}. Every trial: search.csv.\n"
             f"# Use: python train.py fit --config <your configs> --config {path}\n")
     body = {"model": {"strategy": {"class_path": STRATEGY, "init_args": strategy_args(result.best, embed_blocks)}}}
-    path.write_text(head + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))
+    with atomic_write(path, "w") as f:
+        f.write(head + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))
 
 
 def write_profile(runner: TrialRunner, out: Path, num_blocks: int, title: str) -> Optional[Path]:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..files import atomic_write
 from ..paper import SELECTION_METRIC
 from ..sweep.launchers import _in_flight, launch_local, launch_slurm, local_slots, slurm_parameters
 from ..sweep.run import Run, prepare, read_results
@@ -151,20 +152,25 @@ class SearchLog:
 
     def __init__(self, path: Path, runner: TrialRunner):
         self.path, self.runner = Path(path), runner
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS).writeheader()
+        self.rows: list[dict] = []
+        self._write()
+
+    def _write(self) -> None:
+        """The whole file, atomically: a kill mid-write leaves the previous round's file."""
+        with atomic_write(self.path, "w") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
     def __call__(self, trials: list[Trial]) -> None:
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, CSV_FIELDS)
-            for t in trials:
-                run = self.runner.run(t.subset)
-                score, metric = self.runner.score_of(t.subset)
-                paper = {k: "" if v is None else f"{v:.6f}" for k, v in self.runner.paper_numbers(t.subset).items()}
-                writer.writerow({"round": t.round, "move": t.move, "subset": subset_name(t.subset)[7:],
-                                 "n_blocks": len(t.subset), "score": "" if score is None else f"{score:.6f}",
-                                 "metric": metric, **paper, "status": "done" if score is not None else "failed",
-                                 "run_dir": run.run_dir})
-                if score is None:
-                    print(f"trial {run.label} failed; see {Path(run.run_dir) / 'train.log'}", file=sys.stderr)
+        for t in trials:
+            run = self.runner.run(t.subset)
+            score, metric = self.runner.score_of(t.subset)
+            paper = {k: "" if v is None else f"{v:.6f}" for k, v in self.runner.paper_numbers(t.subset).items()}
+            self.rows.append({"round": t.round, "move": t.move, "subset": subset_name(t.subset)[7:],
+                              "n_blocks": len(t.subset), "score": "" if score is None else f"{score:.6f}",
+                              "metric": metric, **paper, "status": "done" if score is not None else "failed",
+                              "run_dir": run.run_dir})
+            if score is None:
+                print(f"trial {run.label} failed; see {Path(run.run_dir) / 'train.log'}", file=sys.stderr)
+        self._write()

@@ -9,7 +9,6 @@ effective LRs lr / (1 - momentum), and the LR is chosen per momentum.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..config import compose
+from ..files import write_json
 from ..paper import dataset_name, model_name
 from .launchers import _in_flight, add_slurm_arguments, launch_local, launch_slurm, local_slots, slurm_parameters
 from .plan import SweepError, check_momenta, default_group, momentum_grid, record_config, resolve_lrs
@@ -126,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                **({"momenta": args.momenta, "effective_lrs": effective} if args.momenta is not None else {}),
                "seeds": args.seeds, "configs": args.config, "overrides": overrides, **chosen}
     if (out / "config.yaml").exists() or any(r["results"] for r in records):
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "summary.json", summary)
         print(f"\nSummary written to {out / 'summary.json'}")
     print(format_momenta(summary) if args.momenta is not None else format_summary(summary))
     failed = [r for r in records if r["status"] == "failed"]

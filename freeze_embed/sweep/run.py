@@ -18,6 +18,7 @@ from typing import Optional
 
 import yaml
 
+from ..files import atomic_write
 from .plan import run_config
 
 RUN_CONFIG = "run_config.yaml"
@@ -64,8 +65,8 @@ def prepare(run: Run, config: dict) -> None:
     path = Path(run.run_dir) / RUN_CONFIG
     if path.exists() and run.last_ckpt.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(run_config(config, run), sort_keys=False))
+    with atomic_write(path, "w") as f:  # a run resumes with the config it started with: never half of one
+        f.write(yaml.safe_dump(run_config(config, run), sort_keys=False))
 
 
 def train_command(run: Run) -> list[str]:
