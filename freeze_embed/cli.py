@@ -13,7 +13,6 @@ the results tables through this same parser; training itself ignores them.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -23,7 +22,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from .data.base import ShiftDataModule
+from .divergence import Diverged, StopOnDivergence
 from .errors import FreezeEmbedError
+from .files import write_json
 from .module import TEST_PREFIX, FineTuner
 
 
@@ -63,6 +64,7 @@ class FreezeEmbedCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Two checkpoints: the best epoch by the dataset's selection metric, and the latest epoch (resume after a
         # crash). Lightning's own save_last only refreshes when a new best is saved, so "last" is a callback of its own.
+        parser.add_lightning_class_args(StopOnDivergence, "divergence")  # the first non-finite loss ends the run
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.mode": "max", "checkpoint.filename": "best-epoch{epoch:02d}",
                              "checkpoint.auto_insert_metric_name": False})
@@ -82,7 +84,19 @@ class FreezeEmbedCLI(LightningCLI):
             check_precision(config.get("trainer", {}).get("precision"))
         checkpoints_in_run_dir(config, ("checkpoint", "last_checkpoint"))
 
+    def fit(self, **kwargs) -> None:
+        """``trainer.fit``; a diverged run (every process raises at the same step) ends in one sentence."""
+        self.diverged = None
+        try:
+            self.trainer.fit(**kwargs)
+        except Diverged as stop:
+            self.diverged = stop
+            _say(stop.sentence)
+
     def after_fit(self) -> None:
+        if self.diverged is not None:  # no test: the run is excluded from LR selection (docs/reliability.md)
+            return self._report({"diverged": True, "diverged_at": self.diverged.at, "message": self.diverged.sentence,
+                                 "best_epoch": None, "selection_metric": self.datamodule.selection_metric})
         if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return
         ckpts = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
@@ -107,9 +121,9 @@ class FreezeEmbedCLI(LightningCLI):
     def _report(self, results: dict) -> None:
         log_dir = (self.config[self.subcommand].get("run_dir") or self.trainer.log_dir
                    or self.trainer.default_root_dir)
-        os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(os.path.join(log_dir, "results.json"), results)  # strict JSON: NaN -> null
+        if results.get("diverged"):
+            return print(f"Diverged: recorded in {os.path.join(log_dir, 'results.json')}", file=sys.stderr)
         dm = self.datamodule
         rows = []
         for tag in ("best", "last"):
@@ -119,6 +133,11 @@ class FreezeEmbedCLI(LightningCLI):
                 rows.append(f"  {tag:<5} ID ({dm.id_metric}) {_pct(id_v)}   OOD ({dm.ood_metric}) {_pct(ood_v)}")
         print(f"\nResults (best = epoch {results['best_epoch']} by {results['selection_metric']}), "
               f"written to {os.path.join(log_dir, 'results.json')}:\n" + "\n".join(rows), file=sys.stderr)
+
+
+@rank_zero_only
+def _say(sentence: str) -> None:
+    print(sentence, file=sys.stderr)
 
 
 def tagged(key: str, tag: str) -> str:
