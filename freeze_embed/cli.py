@@ -25,6 +25,7 @@ from .data.base import ShiftDataModule
 from .divergence import Diverged, StopOnDivergence
 from .errors import FreezeEmbedError
 from .files import write_json
+from .values import check_config
 from .module import TEST_PREFIX, FineTuner
 
 
@@ -79,6 +80,7 @@ class FreezeEmbedCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
+        check_config(config)  # values that would fail deep inside (or not at all), before anything is built
         if config.get("model", {}).get("optimizer_in_backward"):  # what was asked, before Lightning rewrites it
             from .in_backward import check_precision
             check_precision(config.get("trainer", {}).get("precision"))

@@ -1,6 +1,7 @@
 """A diverging run stops at its first non-finite loss or gradient, before the step, with one sentence, on every
 process at once, and records it in a strict-JSON results.json."""
 import json
+import os
 import subprocess
 import sys
 
@@ -76,8 +77,9 @@ def test_two_process_ddp_stops_every_process_at_the_same_step(tmp_path, mode):
     """Only process 1's loss is NaN, at step 1: both processes stop there, the run exits 0 with one sentence."""
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     extra = [*ddp, *poison(tmp_path, step=1, rank=1), *(IN_BACKWARD if mode == "in_backward" else [])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *tiny_demo_args(tmp_path, epochs=2, extra=extra)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert the_sentence(proc.stderr).startswith("Training diverged at epoch 0, step 1 ")
     for rank in (0, 1):

@@ -58,6 +58,9 @@ class L2SP(Strategy):
     def epoch_lr_factor(self, epoch: int, max_epochs: int) -> Optional[float]:
         return self.strategy.epoch_lr_factor(epoch, max_epochs)
 
+    def check(self, max_epochs: int) -> None:
+        self.strategy.check(max_epochs)
+
     @property
     def takes_steps(self) -> bool:
         return self.strategy.takes_steps

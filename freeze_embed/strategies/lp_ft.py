@@ -27,6 +27,9 @@ class LPFT(Strategy):
     def epoch_lr_factor(self, epoch: int, max_epochs: int):
         return self.finetune.epoch_lr_factor(epoch, max_epochs)
 
+    def check(self, max_epochs: int) -> None:
+        self.finetune.check(max_epochs)
+
     def on_fit_start(self, module) -> None:
         self.probe.on_fit_start(module)
         self.finetune.on_fit_start(module)
