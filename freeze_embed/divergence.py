@@ -31,12 +31,13 @@ class Diverged(Exception):
         self.sentence, self.at = sentence, at
 
 
-def _any_process(trainer, flag: torch.Tensor) -> bool:
-    """True on every process when ``flag`` is true on any (one reduction, one host sync)."""
-    flag = flag.detach().float().reshape(())
+def _any_process(trainer, *flags: torch.Tensor) -> list[bool]:
+    """For each flag: true on every process when it is true on any (one reduction, one host sync)."""
+    device = trainer.strategy.root_device
+    flag = torch.stack([f.detach().float().reshape(()).to(device) for f in flags])
     if trainer.world_size > 1:
-        flag = trainer.strategy.reduce(flag.to(trainer.strategy.root_device), reduce_op="sum")
-    return bool(flag.item() > 0)
+        flag = trainer.strategy.reduce(flag, reduce_op="sum")
+    return [x > 0 for x in flag.tolist()]
 
 
 def nonfinite(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -92,7 +93,7 @@ class StopOnDivergence(Callback):
         bad = ~torch.isfinite(loss.detach()).all()
         self._loss_bad = bad if self._loss_bad is None else self._loss_bad | bad  # accumulated micro-batches
         in_backward = self._in_backward(trainer)
-        if in_backward is not None and _any_process(trainer, bad):
+        if in_backward is not None and _any_process(trainer, bad)[0]:
             in_backward.skip_steps = True  # backward runs only to name the non-finite gradients
 
     def on_after_backward(self, trainer, pl_module) -> None:
@@ -103,7 +104,7 @@ class StopOnDivergence(Callback):
         if in_backward.skip_steps:
             in_backward.skip_steps = False
             self._raise(trainer, True, [n for n, bad in zip(names, flags.tolist()) if bad])
-        if self.check_gradients and names and _any_process(trainer, flags.any()):
+        if self.check_gradients and names and _any_process(trainer, flags.any())[0]:
             self._raise(trainer, False, [n for n, bad in zip(names, flags.tolist()) if bad], stepped=True)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -113,8 +114,9 @@ class StopOnDivergence(Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         loss_bad = self._loss_bad if self._loss_bad is not None else torch.tensor(False)
         grads_bad = nonfinite([g for _, g in named]) if named and self.check_gradients and scaler is None else None
-        flag = loss_bad.to(grads_bad.device) | grads_bad.any() if grads_bad is not None else loss_bad
-        if _any_process(trainer, flag):
+        grads_any = grads_bad.any() if grads_bad is not None else torch.tensor(False)
+        loss_any, grads_any = _any_process(trainer, loss_bad, grads_any)
+        if loss_any or grads_any:
             names = [n for (n, _), bad in zip(named, grads_bad.tolist()) if bad] if grads_bad is not None else []
-            self._raise(trainer, bool(loss_bad.item()), names)
+            self._raise(trainer, loss_any, names)
         self._loss_bad = None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import yaml
 
 from ..config import ConfigError
+from ..files import atomic_write
 
 if TYPE_CHECKING:
     from .run import Run
@@ -134,4 +135,5 @@ def record_config(out: Path, config: dict, what: str = "runs") -> None:
     if old.exists() and yaml.safe_load(old.read_text()) != config:
         print(f"warning: the composed config differs from {old}; finished {what} are kept and resumed ones keep "
               "their own config", file=sys.stderr)
-    old.write_text(yaml.safe_dump(config, sort_keys=False))
+    with atomic_write(old, "w") as f:  # Ctrl-C never leaves half a config
+        f.write(yaml.safe_dump(config, sort_keys=False))
