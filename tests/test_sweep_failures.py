@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from freeze_embed import sweep
 from freeze_embed.results import render
 from freeze_embed.sweep import summarize
@@ -20,7 +18,7 @@ def sweep_args(out, lrs=("0.666", "1e-2"), seeds=("0", "1")):
     return ["--config", "x.yaml", "--lrs", *lrs, "--seeds", *seeds, "--out", str(out)]
 
 
-def test_a_run_that_raises_does_not_stop_the_other_three(tmp_path, fake_training, capsys):
+def test_a_run_that_raises_does_not_stop_the_other_three(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
     out = tmp_path / "sweep"
     calls = []
     real = one_run._call
@@ -41,7 +39,7 @@ def test_a_run_that_raises_does_not_stop_the_other_three(tmp_path, fake_training
     assert summary["chosen_lr"] == 1e-2 and summary["id"]["n"] == 2
 
 
-def test_failed_run_reports_its_last_error_line_and_only_it_is_retried(tmp_path, fake_training, capsys):
+def test_failed_run_reports_its_last_error_line_and_only_it_is_retried(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
     out = tmp_path / "sweep"
     assert sweep.main(sweep_args(out)) == 1
     assert len(fake_training) == 4  # the crash at lr 0.666 stopped nothing
@@ -56,7 +54,7 @@ def test_failed_run_reports_its_last_error_line_and_only_it_is_retried(tmp_path,
     assert sorted(c["run_dir"].name for c in fake_training) == ["lr0.666_seed0", "lr0.666_seed1"]
 
 
-def test_diverged_run_is_shown_and_its_lr_never_chosen(tmp_path, fake_training, capsys):
+def test_diverged_run_is_shown_and_its_lr_never_chosen(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
     """lr 6.66 diverges on seed 0; its seed 1 would score best (its results are written by hand), yet 1e-2 wins."""
     out = tmp_path / "sweep"
     (out / "lr6.66_seed1").mkdir(parents=True)
@@ -83,7 +81,7 @@ def test_results_tables_footnote_diverged_runs():
     assert "† SGD on Waterbirds: 1 of 2 runs diverged (LR 0.01); they are never chosen by LR selection." in md
 
 
-def test_ctrl_c_leaves_every_file_whole_and_the_next_run_continues(tmp_path, fake_training, capsys):
+def test_ctrl_c_leaves_every_file_whole_and_the_next_run_continues(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
     out = tmp_path / "sweep"
     real = one_run._call
 
