@@ -3,7 +3,9 @@
 Adds what every paper run needs: the best checkpoint chosen on the dataset's selection metric (the paper's early
 stopping on ID validation), the last checkpoint for resuming, the backbone's mean/std handed to the data, the head
 sized from the data, the data root checked before the model is built (a wrong root must not cost a download), and
-after ``fit`` a test of both the best and the last checkpoint written to ``<log_dir>/results.json``. The module
+after ``fit`` a test of both the best and the last checkpoint written to ``<log_dir>/results.json`` (a run that
+diverged is recorded as such instead: :mod:`freeze_embed.divergence`; settings that cannot work are refused before
+anything is built: :mod:`freeze_embed.values`). The module
 logs test metrics as ``test/<set>/<metric>`` (also for ``train.py test``); here they become ``best/...`` and
 ``last/...``, the names results.json, the sweep and the tables use.
 
@@ -55,6 +57,8 @@ def checkpoints_in_run_dir(config, keys: Sequence[str]) -> None:
 
 
 class FreezeEmbedCLI(LightningCLI):
+    diverged: Optional[Diverged] = None  # set by fit when StopOnDivergence stopped the run
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)  # reproducible unless a sweep sets the seed
@@ -88,7 +92,6 @@ class FreezeEmbedCLI(LightningCLI):
 
     def fit(self, **kwargs) -> None:
         """``trainer.fit``; a diverged run (every process raises at the same step) ends in one sentence."""
-        self.diverged = None
         try:
             self.trainer.fit(**kwargs)
         except Diverged as stop:

@@ -104,7 +104,7 @@ class StopOnDivergence(Callback):
         if in_backward.skip_steps:
             in_backward.skip_steps = False
             self._raise(trainer, True, [n for n, bad in zip(names, flags.tolist()) if bad])
-        if self.check_gradients and names and _any_process(trainer, flags.any())[0]:
+        if self.check_gradients and _any_process(trainer, flags.any())[0]:  # on every process: a collective
             self._raise(trainer, False, [n for n, bad in zip(names, flags.tolist()) if bad], stepped=True)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
