@@ -3,7 +3,9 @@
 Adds what every paper run needs: the best checkpoint chosen on the dataset's selection metric (the paper's early
 stopping on ID validation), the last checkpoint for resuming, the backbone's mean/std handed to the data, the head
 sized from the data, the data root checked before the model is built (a wrong root must not cost a download), and
-after ``fit`` a test of both the best and the last checkpoint written to ``<log_dir>/results.json``. The module
+after ``fit`` a test of both the best and the last checkpoint written to ``<log_dir>/results.json`` (a run that
+diverged is recorded as such instead: :mod:`freeze_embed.divergence`; settings that cannot work are refused before
+anything is built: :mod:`freeze_embed.values`). The module
 logs test metrics as ``test/<set>/<metric>`` (also for ``train.py test``); here they become ``best/...`` and
 ``last/...``, the names results.json, the sweep and the tables use.
 
@@ -23,8 +25,10 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from .checkpoint_io import DurableCheckpoints
 from .data.base import ShiftDataModule
+from .divergence import Diverged, StopOnDivergence
 from .errors import FreezeEmbedError
 from .files import write_json
+from .values import check_config
 from .module import TEST_PREFIX, FineTuner
 
 
@@ -55,6 +59,8 @@ def checkpoints_in_run_dir(config, keys: Sequence[str]) -> None:
 
 
 class FreezeEmbedCLI(DurableCheckpoints, LightningCLI):
+    diverged: Optional[Diverged] = None  # set by fit when StopOnDivergence stopped the run
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("seed_everything_default", 0)  # reproducible unless a sweep sets the seed
@@ -65,6 +71,7 @@ class FreezeEmbedCLI(DurableCheckpoints, LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Two checkpoints: the best epoch by the dataset's selection metric, and the latest epoch (resume after a
         # crash). Lightning's own save_last only refreshes when a new best is saved, so "last" is a callback of its own.
+        parser.add_lightning_class_args(StopOnDivergence, "divergence")  # the first non-finite loss ends the run
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.mode": "max", "checkpoint.filename": "best-epoch{epoch:02d}",
                              "checkpoint.auto_insert_metric_name": False})
@@ -79,12 +86,24 @@ class FreezeEmbedCLI(DurableCheckpoints, LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
+        check_config(config)  # values that would fail deep inside (or not at all), before anything is built
         if config.get("model", {}).get("optimizer_in_backward"):  # what was asked, before Lightning rewrites it
             from .in_backward import check_precision
             check_precision(config.get("trainer", {}).get("precision"))
         checkpoints_in_run_dir(config, ("checkpoint", "last_checkpoint"))
 
+    def fit(self, **kwargs) -> None:
+        """``trainer.fit``; a diverged run (every process raises at the same step) ends in one sentence."""
+        try:
+            self.trainer.fit(**kwargs)
+        except Diverged as stop:
+            self.diverged = stop
+            _say(stop.sentence)
+
     def after_fit(self) -> None:
+        if self.diverged is not None:  # no test: the run is excluded from LR selection (docs/reliability.md)
+            return self._report({"diverged": True, "diverged_at": self.diverged.at, "message": self.diverged.sentence,
+                                 "best_epoch": None, "selection_metric": self.datamodule.selection_metric})
         if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
             return
         ckpts = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
@@ -109,8 +128,9 @@ class FreezeEmbedCLI(DurableCheckpoints, LightningCLI):
     def _report(self, results: dict) -> None:
         log_dir = (self.config[self.subcommand].get("run_dir") or self.trainer.log_dir
                    or self.trainer.default_root_dir)
-        os.makedirs(log_dir, exist_ok=True)
-        write_json(os.path.join(log_dir, "results.json"), results)
+        write_json(os.path.join(log_dir, "results.json"), results)  # strict JSON: NaN -> null
+        if results.get("diverged"):
+            return print(f"Diverged: recorded in {os.path.join(log_dir, 'results.json')}", file=sys.stderr)
         dm = self.datamodule
         rows = []
         for tag in ("best", "last"):
@@ -120,6 +140,11 @@ class FreezeEmbedCLI(DurableCheckpoints, LightningCLI):
                 rows.append(f"  {tag:<5} ID ({dm.id_metric}) {_pct(id_v)}   OOD ({dm.ood_metric}) {_pct(ood_v)}")
         print(f"\nResults (best = epoch {results['best_epoch']} by {results['selection_metric']}), "
               f"written to {os.path.join(log_dir, 'results.json')}:\n" + "\n".join(rows), file=sys.stderr)
+
+
+@rank_zero_only
+def _say(sentence: str) -> None:
+    print(sentence, file=sys.stderr)
 
 
 def tagged(key: str, tag: str) -> str:

@@ -103,13 +103,16 @@ def _gated(cls: type) -> type:
         trained = True
         source: dict = {}  # the InBackward param group this parameter belongs to
         counter: _GradBytes
+        owner: "InBackward"
+        name: str
 
         @torch.no_grad()
         def step(self, closure=None):
             grad = self.param_groups[0]["params"][0].grad
             if grad is not None:
                 self.counter.add(grad)
-            if not self.trained:
+                self.owner.grad_sums[self.name] = grad.sum()  # read once backward ends (divergence), no sync here
+            if not self.trained or self.owner.skip_steps:
                 return None
             self.param_groups[0]["lr"] = self.source["lr"]
             return super().step(closure)
@@ -133,6 +136,8 @@ class InBackward(torch.optim.Optimizer):
         groups = param_groups(named_params, plan, per_tensor, no_weight_decay)
         super().__init__(groups, {"lr": 0.0})
         self.grad_bytes = _GradBytes()
+        self.grad_sums: dict[str, torch.Tensor] = {}  # this backward's, for freeze_embed.divergence
+        self.skip_steps = False  # set by divergence.StopOnDivergence before a backward whose loss is not finite
         self.per_param: dict[str, torch.optim.Optimizer] = {}
         self._handles: list = []
         flags = {name: p.requires_grad for name, p in named_params.items()}
@@ -157,7 +162,7 @@ class InBackward(torch.optim.Optimizer):
             own = {k: group[k] for k in ("lr_scale", "weight_decay") if k in group}  # as optim.param_groups
             opt = build_optimizer(factory, [{"params": list(params), "names": [name], **own}])
             opt.__class__ = _gated(type(opt))  # same object and state, a step that can be switched off
-            opt.source, opt.counter = group, self.grad_bytes
+            opt.source, opt.counter, opt.owner, opt.name = group, self.grad_bytes, self, name
             self.per_param[name] = opt
             return opt
 
@@ -226,6 +231,15 @@ class InBackward(torch.optim.Optimizer):
 
     def begin_backward(self) -> None:
         self.grad_bytes.alive = 0  # DDP frees its gradients after backward, outside the hook's count
+        self.grad_sums = {}
+
+    def gradient_flags(self) -> tuple[list[str], torch.Tensor]:
+        """The names of the parameters that got a gradient in the last backward, in the optimizer's order, and one bool
+        per name: its gradient's sum was not finite (``freeze_embed.divergence``; no host sync)."""
+        names = [n for n in self.per_param if n in self.grad_sums]
+        if not names:
+            return [], torch.zeros(0, dtype=torch.bool)
+        return names, ~torch.isfinite(torch.stack([self.grad_sums[n].float() for n in names]))
 
     @torch.no_grad()
     def step(self, closure=None):

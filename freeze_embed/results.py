@@ -7,7 +7,8 @@ columns, each cell the mean over seeds +- the 90% confidence interval (Table 5),
 over datasets, shown only for rows that have every dataset; its CI combines the datasets' CIs as independent
 (sqrt(sum ci^2) / D). A summary needs only ``method``, ``dataset``, ``model`` and ``id`` / ``ood`` ``{"mean",
 "ci90"}`` (fractions in [0, 1]); ``freeze_embed.sweep`` writes these and more. Dataset and model names, and
-their order, are the paper's (:mod:`freeze_embed.paper`).
+their order, are the paper's (:mod:`freeze_embed.paper`). A cell whose sweep had diverged runs (never chosen by LR
+selection) carries a ``†``, and a footnote under the tables counts them per sweep.
 
 A momentum sweep (``python -m freeze_embed.sweep ... --momenta 0 0.9 --lrs effective``) reads differently:
 ``--momentum`` prints one row per (momentum, effective LR) with the LR the optimizer got and ID/OOD at each run's
@@ -92,27 +93,58 @@ def cell(mean: float, ci: float, pm: str = "±") -> str:
     return f"{mean:.1f}" if pd.isna(ci) else f"{mean:.1f} {pm} {ci:.1f}"
 
 
-def _rows(mean: pd.DataFrame, ci: pd.DataFrame, pm: str) -> tuple[list[str], list[list[str]]]:
+DIVERGED_MARK = "†"
+
+
+def diverged(summary: dict) -> list[dict]:
+    """The sweep's diverged runs (summary.json's ``diverged``; older summaries: its runs marked so)."""
+    return summary.get("diverged") or [r for r in summary.get("runs") or [] if r.get("status") == "diverged"]
+
+
+def _marks(summaries: list[dict]) -> dict:
+    """``{(row key, dataset): DIVERGED_MARK}`` for each cell whose sweep had diverged runs."""
+    several = len({s["model"] for s in summaries}) > 1
+    return {((s["model"], s["method"]) if several else s["method"], s["dataset"]): DIVERGED_MARK
+            for s in summaries if diverged(s)}
+
+
+def footnote(summaries: list[dict]) -> list[str]:
+    """One line per sweep with diverged runs: how many, at which LRs."""
+    lines = []
+    for s in summaries:
+        runs = diverged(s)
+        if runs:
+            lrs = ", ".join(f"{lr:g}" for lr in sorted({r["lr"] for r in runs}))
+            total = len(s.get("runs") or []) or len(runs)
+            lines.append(f"{DIVERGED_MARK} {s['method']} on {s['dataset']}: {len(runs)} of {total} runs diverged "
+                         f"(LR {lrs}); they are never chosen by LR selection.")
+    return lines
+
+
+def _rows(mean: pd.DataFrame, ci: pd.DataFrame, pm: str, marks: Optional[dict] = None
+          ) -> tuple[list[str], list[list[str]]]:
     names = [n or "" for n in mean.index.names]
-    rows = []
+    rows, marks = [], marks or {}
     for key in mean.index:
         keys = list(key) if isinstance(key, tuple) else [key]
-        rows.append([str(k) for k in keys] + [cell(mean.loc[key, c], ci.loc[key, c], pm) for c in mean.columns])
+        rows.append([str(k) for k in keys] + [(cell(mean.loc[key, c], ci.loc[key, c], pm) + " "
+                                               + marks.get((key, c), "")).strip() for c in mean.columns])
     return names + [str(c) for c in mean.columns], rows
 
 
-def to_markdown(mean: pd.DataFrame, ci: pd.DataFrame, title: str) -> str:
-    header, rows = _rows(mean, ci, "±")
+def to_markdown(mean: pd.DataFrame, ci: pd.DataFrame, title: str, marks: Optional[dict] = None) -> str:
+    header, rows = _rows(mean, ci, "±", marks)
     lines = [f"**{title}**", "", "| " + " | ".join(header) + " |",
              "|" + "|".join(":--" if i < mean.index.nlevels else "--:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def to_latex(mean: pd.DataFrame, ci: pd.DataFrame, title: str) -> str:
+def to_latex(mean: pd.DataFrame, ci: pd.DataFrame, title: str, marks: Optional[dict] = None) -> str:
     def esc(s: str) -> str:
         return s.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%").replace("_", r"\_")
-    header, rows = _rows(mean, ci, "$\\pm$")
+    marks = {k: r"$^\dagger$" for k in marks or {}}
+    header, rows = _rows(mean, ci, "$\\pm$", marks)
     n = mean.index.nlevels
     lines = [f"% {title}", r"\begin{tabular}{" + "l" * n + "|" + "c" * (len(header) - n) + "}", r"\toprule",
              " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
@@ -140,8 +172,11 @@ def render(summaries: list[dict], fmt: str = "markdown") -> str:
     n = sorted({int(s.get(m, {}).get("n") or 0) for s in summaries for m in ("id", "ood")} - {0})
     seeds = f", {'/'.join(map(str, n))} seed{'' if n == [1] else 's'}" if n else ""
     fn = to_latex if fmt == "latex" else to_markdown
-    return "\n\n".join(fn(mean, ci, f"{name} accuracy (%){on}: mean ± 90% CI{seeds}")
-                       for name, (mean, ci) in tabs.items())
+    marks, notes = _marks(summaries), footnote(summaries)
+    if fmt == "latex":
+        notes = ["% " + n.replace(DIVERGED_MARK, "$^\\dagger$") for n in notes]
+    return "\n\n".join([fn(mean, ci, f"{name} accuracy (%){on}: mean ± 90% CI{seeds}", marks)
+                          for name, (mean, ci) in tabs.items()] + (["\n".join(notes)] if notes else []))
 
 
 # --- momentum x effective LR (Li et al., ICLR 2020) -----------------------------------------------------------
@@ -153,7 +188,8 @@ def momentum_table(summaries: list[dict]) -> pd.DataFrame:
         for m in s.get("per_momentum") or []:
             for p in m["per_lr"]:
                 row = {"Method": s.get("method", ""), "Dataset": s.get("dataset", ""), "Momentum": m["momentum"],
-                       "Effective LR": p["effective_lr"], "LR": p["lr"], "Runs": f"{p['n_done']}/{p['n_runs']}",
+                       "Effective LR": p["effective_lr"], "LR": p["lr"], "Runs": f"{p['n_done']}/{p['n_runs']}"
+                       + (f" ({p['n_diverged']} diverged)" if p.get("n_diverged") else ""),
                        "chosen": p["lr"] == m["chosen_lr"]}
                 for key, name in (("id_val", "ID val"), ("id", "ID"), ("ood", "OOD")):
                     row[name], row[f"{name} CI"] = _pct(p[key]["mean"]), _pct(p[key]["ci90"])

@@ -98,3 +98,24 @@ class DrawsAtEpochStart(FreezeEmbed):
     def on_train_epoch_start(self, module, epoch):
         import torch
         torch.rand(1)
+
+
+class PoisonAt(L.Callback):
+    """Makes one process's training batch NaN at ``step`` (a diverging loss), and writes each process's global step
+    when training stops (``rank<r>.json`` under ``out``): all processes must stop at the same step."""
+
+    def __init__(self, step: int, rank: int = 0, out: str = ""):
+        self.step, self.rank, self.out = step, rank, out
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            batch[0].fill_(float("nan"))
+
+    def on_exception(self, trainer, pl_module, exception):
+        if self.out:
+            import json
+            from pathlib import Path
+            Path(self.out).mkdir(parents=True, exist_ok=True)
+            (Path(self.out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(
+                {"step": trainer.global_step, "error": type(exception).__name__,
+                 "weights_finite": all(bool(p.isfinite().all()) for p in pl_module.parameters())}))

@@ -323,3 +323,29 @@ def test_folds_score_each_subset_by_the_mean_over_held_out_folds(tmp_path, monke
     assert rows[0]["metric"] == "fold_val/acc"
     assert yaml.safe_load((out / "strategy.yaml").read_text())["model"]["strategy"]["init_args"]["blocks"] == [1, 3]
     assert command.main(["--config", "demo.yaml", "--out", str(out), "--folds", "1"]) == 2  # one sentence
+
+
+def test_diverged_and_failed_trials_are_no_candidates(tmp_path, monkeypatch, demo_config, capsys):
+    """Block 1 (the best single block) diverges and block 3 crashes: the search picks block 0, logs each as what it
+    is, and only the failure makes the exit code 1."""
+    monkeypatch.setattr(command, "compose", lambda configs, overrides=(): json.loads(json.dumps(demo_config)))
+
+    def fake_call(cmd, log, env):
+        run_dir = Path(cmd[cmd.index("--run_dir") + 1])
+        subset = _blocks(run_dir)
+        if subset == (3,):
+            log.write("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
+            return 1
+        result = ({"diverged": True, "diverged_at": {"epoch": 0, "step": 3}} if subset == (1,)
+                  else {"best": {"best/id_val/acc": FORWARD[subset]}})
+        (run_dir / "results.json").write_text(json.dumps({"selection_metric": "id_val/acc", **result}))
+        return 0
+    monkeypatch.setattr(one_run, "_call", fake_call)
+    out = tmp_path / "search"
+    assert command.main(["--config", "demo.yaml", "--out", str(out), "--max_blocks", "1"]) == 1
+    rows = {r["subset"]: r["status"] for r in csv.DictReader(open(out / "search.csv"))}
+    assert rows == {"none": "done", "0": "done", "1": "diverged", "2": "done", "3": "failed"}
+    assert yaml.safe_load((out / "strategy.yaml").read_text())["model"]["strategy"]["init_args"]["blocks"] == [0]
+    err = capsys.readouterr().err
+    assert "trial blocks_1 diverged (no candidate)" in err
+    assert "trial blocks_3 failed (RuntimeError: CUDA out of memory)" in err

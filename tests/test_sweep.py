@@ -119,8 +119,15 @@ def fake_training(monkeypatch):
         cfg = yaml.safe_load((run_dir / sweep.RUN_CONFIG).read_text())
         calls.append({"cmd": cmd, "run_dir": run_dir, "env": env, "cfg": cfg})
         lr = cfg["model"]["optimizer"]["init_args"]["lr"]
-        if lr == 0.666:
-            return 1  # a crashing run
+        if lr == 0.666:  # a crashing run: a traceback in its log, exit code 1
+            log.write("Traceback (most recent call last):\n  File \"train.py\", line 1\n"
+                      "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n\n")
+            return 1
+        if lr == 6.66:  # a diverging run: train.py records it and exits 0
+            (run_dir / "results.json").write_text(json.dumps({
+                "diverged": True, "diverged_at": {"epoch": 0, "step": 1, "lr": lr}, "best_epoch": None,
+                "selection_metric": "id_val/acc"}))
+            return 0
         acc = {1e-3: 0.80, 1e-2: 0.90}.get(lr, 0.5) + 0.01 * cfg["seed_everything"]
         (run_dir / "results.json").write_text(json.dumps(results_json(acc, acc - 0.05, acc - 0.3)))
         return 0

@@ -48,6 +48,9 @@ class Spy(Strategy):
         self.calls["epoch_lr_factor"] = (epoch, max_epochs)
         return 7.0
 
+    def check(self, max_epochs):
+        self.calls["check"] = (max_epochs,)
+
     def on_fit_start(self, module):
         self.calls["on_fit_start"] = (module,)
 
@@ -85,6 +88,7 @@ CHECKS = {
     "trained_in": lambda w, s: (w.trained_in(ANATOMY, 2, 5) == {"spy.trained": 0.25}
                                 and s.calls["trained_in"] == (ANATOMY, 2, 5)),
     "epoch_lr_factor": lambda w, s: w.epoch_lr_factor(2, 5) == 7.0 and s.calls["epoch_lr_factor"] == (2, 5),
+    "check": lambda w, s: w.check(4) is None and s.calls["check"] == (4,),
     "on_fit_start": lambda w, s: w.on_fit_start(MODULE) is None and s.calls["on_fit_start"] == (MODULE,),
     "on_train_epoch_start": lambda w, s: (w.on_train_epoch_start(MODULE, 3) is None
                                           and s.calls["on_train_epoch_start"] == (MODULE, 3)),

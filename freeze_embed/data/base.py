@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..backbones import normalization
 from ..paper import SELECTION_METRIC
+from ..values import at_least
 
 
 class ShiftDataModule(L.LightningDataModule):
@@ -71,6 +72,8 @@ class ShiftDataModule(L.LightningDataModule):
                  backbone: Optional[str] = None, download: bool = False,
                  backbone_kwargs: Optional[dict[str, Any]] = None):
         super().__init__()
+        at_least("data.init_args.batch_size", batch_size, 1, "give the per-process batch size, e.g. 64")
+        at_least("data.init_args.num_workers", num_workers, 0, "0 loads data in the training process")
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.backbone, self.download, self.backbone_kwargs = backbone, download, backbone_kwargs
         # ``root`` stays as given (errors quote it); every path on disk is built from ``root_dir``

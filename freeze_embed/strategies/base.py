@@ -60,6 +60,10 @@ class Strategy:
     def epoch_lr_factor(self, epoch: int, max_epochs: int) -> Optional[float]:
         return None
 
+    def check(self, max_epochs: int) -> None:
+        """Refuse a ``trainer.max_epochs`` this strategy cannot run (a ``values.BadValueError``, one sentence); the
+        CLI calls it before the model is built."""
+
     def on_fit_start(self, module: "FineTuner") -> None:
         pass
 

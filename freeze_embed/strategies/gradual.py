@@ -24,6 +24,12 @@ class GradualUnfreeze(Strategy):
         self.decay_exp = decay_exp
         self.freeze_embed = freeze_embed
 
+    def check(self, max_epochs: int) -> None:
+        if max_epochs < 2:  # epoch 0 trains the head alone; the schedule unfreezes blocks from epoch 1 of T - 1
+            from ..values import BadValueError
+            raise BadValueError(f"GradualUnfreeze needs trainer.max_epochs of at least 2 (epoch 0 trains the head "
+                                f"alone, later epochs unfreeze blocks), not {max_epochs}; e.g. --trainer.max_epochs 10.")
+
     @staticmethod
     def _progress(epoch: int, max_epochs: int) -> float:
         return 1.0 if max_epochs <= 1 else min(epoch, max_epochs - 1) / (max_epochs - 1)

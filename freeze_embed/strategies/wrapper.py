@@ -40,6 +40,9 @@ class Wrapper(Strategy):
     def epoch_lr_factor(self, epoch: int, max_epochs: int) -> Optional[float]:
         return self.inner.epoch_lr_factor(epoch, max_epochs)
 
+    def check(self, max_epochs: int) -> None:
+        self.inner.check(max_epochs)
+
     def on_fit_start(self, module: "FineTuner") -> None:
         self.inner.on_fit_start(module)
 

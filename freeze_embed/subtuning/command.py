@@ -80,8 +80,8 @@ def write_profile(runner: TrialRunner, out: Path, num_blocks: int, title: str) -
 def _printer(log: SearchLog):
     def on_round(trials: list[Trial]) -> None:
         log(trials)
-        shown = ", ".join(f"{subset_name(t.subset)[7:]}={'failed' if t.score is None else f'{100 * t.score:.2f}'}"
-                          for t in trials)
+        shown = ", ".join(f"{subset_name(t.subset)[7:]}="
+                          + (log.runner.status(t.subset) if t.score is None else f"{100 * t.score:.2f}") for t in trials)
         print(f"round {trials[0].round}: {shown}", flush=True)
     return on_round
 

@@ -4,7 +4,8 @@ A trial is a :class:`~freeze_embed.sweep.run.Run` labelled ``blocks_0-3`` in ``D
 the user's composed config with ``model.strategy`` = ``TrainBlocks(blocks=[0, 3], embed=False, head=True)``, at the
 config's LR and seed (the same for every trial, so subsets differ only in what trains). A trial with a results.json
 is done and is never rerun; one with a last.ckpt resumes: the same command finishes an interrupted search. Its score
-is ``last/<selection metric>`` of its results.json (the dataset's ID validation metric after the last epoch, as the
+is ``last/<selection metric>`` of its results.json (none for a trial that diverged or failed: it is
+no candidate; the dataset's ID validation metric after the last epoch, as the
 official search reads ``callback_metrics["pred_acc"]`` after fit), or with ``score="best"`` ``best/<selection
 metric>``, at its best epoch (as the sweep reads it). With ``folds`` K (SubTuning's ``greedy_cross_val``), a subset
 is K runs in ``blocks_0-3/fold<k>/``, each trained on K-1 folds of the training set and scored on the held-out one
@@ -21,7 +22,7 @@ from typing import Optional, Sequence
 from ..files import atomic_write
 from ..paper import SELECTION_METRIC
 from ..sweep.launchers import _in_flight, launch_local, launch_slurm, local_slots, slurm_parameters
-from ..sweep.run import Run, prepare, read_results
+from ..sweep.run import Run, diverged, last_error_line, prepare, read_results
 from .search import SearchError, Subset, Trial, subset_name
 
 STRATEGY = "freeze_embed.strategies.TrainBlocks"
@@ -114,6 +115,13 @@ class TrialRunner:
         tag = self.score
         return self._mean(subset, lambda r: (r.get(tag) or {}).get(f"{tag}/{metric}")), metric
 
+    def status(self, subset: Sequence[int]) -> str:
+        """``done``, ``diverged`` (a run's results.json says so: never selectable, never rerun) or ``failed``."""
+        results = [read_results(r) for r in self.runs(subset)]
+        if any(diverged(r) for r in results):
+            return "diverged"
+        return "done" if self.score_of(subset)[0] is not None else "failed"
+
     def paper_numbers(self, subset: Sequence[int]) -> dict[str, Optional[float]]:
         """The trial's ID and OOD numbers (``last/paper/id``, ``last/paper/ood``, or ``best/...``: the checkpoint
         it is scored at; the mean over folds), for reading the search; the search itself never looks at them."""
@@ -166,11 +174,15 @@ class SearchLog:
         for t in trials:
             run = self.runner.run(t.subset)
             score, metric = self.runner.score_of(t.subset)
+            status = self.runner.status(t.subset)
             paper = {k: "" if v is None else f"{v:.6f}" for k, v in self.runner.paper_numbers(t.subset).items()}
             self.rows.append({"round": t.round, "move": t.move, "subset": subset_name(t.subset)[7:],
                               "n_blocks": len(t.subset), "score": "" if score is None else f"{score:.6f}",
-                              "metric": metric, **paper, "status": "done" if score is not None else "failed",
-                              "run_dir": run.run_dir})
-            if score is None:
-                print(f"trial {run.label} failed; see {Path(run.run_dir) / 'train.log'}", file=sys.stderr)
+                              "metric": metric, **paper, "status": status, "run_dir": run.run_dir})
+            if status == "diverged":
+                print(f"trial {run.label} diverged (no candidate); see {run.run_dir}", file=sys.stderr)
+            elif status == "failed":
+                why = next(filter(None, map(last_error_line, self.runner.runs(t.subset))), None)
+                print(f"trial {run.label} failed" + (f" ({why})" if why else "")
+                      + f"; see {Path(run.run_dir) / 'train.log'}", file=sys.stderr)
         self._write()

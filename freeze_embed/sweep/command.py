@@ -20,8 +20,9 @@ from ..files import write_json
 from ..paper import dataset_name, model_name
 from .launchers import _in_flight, add_slurm_arguments, launch_local, launch_slurm, local_slots, slurm_parameters
 from .plan import SweepError, check_momenta, default_group, momentum_grid, record_config, resolve_lrs
-from .run import Run, prepare, read_results, train_command
-from .summary import format_momenta, format_summary, summarize, summarize_momenta
+from ..files import write_json
+from .run import Run, last_error_line, prepare, read_results, train_command
+from .summary import format_momenta, format_problems, format_summary, summarize, summarize_momenta
 
 
 def _labels(configs: Sequence[str], config: dict, args: argparse.Namespace) -> tuple[dict, Path]:
@@ -101,21 +102,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     launched: dict[str, dict] = {}
     if pending and not args.summarize_only:
-        record_config(out, config)
-        for run in pending:
-            prepare(run, config)
-        if args.launcher == "local":
-            launched = launch_local(pending, *local_slots(config, args.parallel))
-        else:
-            params = slurm_parameters(config, args, name=f"sweep-{group}"[:64])
-            launched = launch_slurm(pending, folder, params, cluster=args.launcher, wait=not args.no_wait)
+        try:
+            record_config(out, config)
+            for run in pending:
+                prepare(run, config)
+            if args.launcher == "local":
+                launched = launch_local(pending, *local_slots(config, args.parallel))
+            else:
+                params = slurm_parameters(config, args, name=f"sweep-{group}"[:64])
+                launched = launch_slurm(pending, folder, params, cluster=args.launcher, wait=not args.no_wait)
+        except KeyboardInterrupt:  # every file is whole (atomic writes); finished runs are kept
+            print("\nInterrupted: re-run the same command to continue (finished runs are kept, interrupted ones "
+                  "resume from their last.ckpt).", file=sys.stderr)
+            return 130
     records = []
     for run in runs:
         res = read_results(run)
         status = ("done" if res else "failed" if run.name in launched
                   else "unfinished" if (Path(run.run_dir) / "train.log").exists() else "missing")
         records.append({"lr": run.lr, "seed": run.seed, "run_dir": run.run_dir, "status": status, "results": res,
-                        "momentum": run.momentum})
+                        "momentum": run.momentum, "error": last_error_line(run) if status == "failed" else None})
     try:
         by = summarize_momenta if args.momenta is not None else summarize
         chosen = by(records, args.select)
@@ -129,10 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_json(out / "summary.json", summary)
         print(f"\nSummary written to {out / 'summary.json'}")
     print(format_momenta(summary) if args.momenta is not None else format_summary(summary))
-    failed = [r for r in records if r["status"] == "failed"]
-    for r in failed:
-        m = "" if r.get("momentum") is None else f"m={r['momentum']:g} "
-        print(f"FAILED: {m}lr={r['lr']:g} seed={r['seed']}; see {Path(r['run_dir']) / 'train.log'}", file=sys.stderr)
+    for line in format_problems(summary):
+        print(line, file=sys.stderr)
+    failed = summary["failed"]
     others = [r for r in records if r["status"] in ("unfinished", "missing")]
     if others:
         print(f"{len(others)} runs not finished ({', '.join(sorted({r['status'] for r in others}))}): re-run the "

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import submitit
 
 from ..paper import SELECTION_METRIC
-from .run import Run, execute, read_results
+from .run import Run, diverged, execute, last_error_line, read_results
 
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
@@ -33,9 +33,12 @@ def _progress(i: int, n: int, run: Run, msg: str, lock=threading.Lock()) -> None
 
 def _outcome(run: Run, res: dict) -> str:
     if res.get("status") != "done":
-        why = res.get("error") or f"exit code {res.get('rc')}"
+        why = res.get("error") or last_error_line(run) or f"exit code {res.get('rc')}"
         return f"FAILED ({why}); log: {res.get('log', Path(run.run_dir) / 'train.log')}"
     res = read_results(run) or {}
+    if diverged(res):
+        at = res.get("diverged_at") or {}
+        return f"DIVERGED at epoch {at.get('epoch')}, step {at.get('step')} (never chosen)"
     r, selection = res.get("best") or {}, res.get("selection_metric", SELECTION_METRIC)
     nums = ", ".join(f"{k} {100 * r[f'best/{m}']:.1f}%" for k, m in
                      ((selection, selection), ("ID", "paper/id"), ("OOD", "paper/ood")) if f"best/{m}" in r)
@@ -72,8 +75,11 @@ def local_slots(config: dict, parallel: Optional[int] = None) -> tuple[int, list
 
 
 def launch_local(runs: list[Run], parallel: int = 1, gpus: Sequence[str] = ()) -> dict[str, dict]:
-    """Run sequentially, or ``parallel`` at a time, each slot pinned to one of ``gpus``."""
+    """Run sequentially, or ``parallel`` at a time, each slot pinned to one of ``gpus``. A run that fails does not
+    stop the others (:func:`~.run.execute` never raises). On Ctrl-C no run starts any more, the running ones (which
+    got the same Ctrl-C) are waited for as they stop, and KeyboardInterrupt goes on to the caller."""
     todo: queue.Queue = queue.Queue()
+    stop = threading.Event()
     for i, run in enumerate(runs, 1):
         todo.put((i, run))
     results: dict[str, dict] = {}
@@ -82,7 +88,7 @@ def launch_local(runs: list[Run], parallel: int = 1, gpus: Sequence[str] = ()) -
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-        while True:
+        while not stop.is_set():
             try:
                 i, run = todo.get_nowait()
             except queue.Empty:
@@ -92,14 +98,19 @@ def launch_local(runs: list[Run], parallel: int = 1, gpus: Sequence[str] = ()) -
             results[run.name] = res = execute(run, env)
             _progress(i, len(runs), run, _outcome(run, res))
 
-    if parallel <= 1:
-        worker(0)
-    else:
-        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(parallel)]
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(parallel if parallel > 1 else 0)]
+    try:
+        if not threads:
+            worker(0)
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+    except KeyboardInterrupt:
+        stop.set()
+        for t in threads:  # each waits for its run, which got the same Ctrl-C (a second Ctrl-C leaves at once)
+            t.join()
+        raise
     return results
 
 

@@ -1,14 +1,17 @@
 """One run: an ordinary, resumable ``train.py fit`` in its own directory.
 
 ``<run_dir>/`` holds the run's ``run_config.yaml``, ``train.log``, ``checkpoints/`` and, once finished,
-``results.json``. A run with a results.json is done; one with ``checkpoints/last.ckpt`` resumes from it. :func:`_call`
-is the one place a training process starts (tests replace it: patch ``freeze_embed.sweep.run._call``).
+``results.json``. A run with a results.json is done (a diverged one too: its results.json says so, and rerunning it
+would diverge again); one with ``checkpoints/last.ckpt`` resumes from it; one that failed (no results.json) is
+retried by the next invocation. :func:`_call` is the one place a training process starts (tests replace it: patch
+``freeze_embed.sweep.run._call``).
 """
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -76,9 +79,32 @@ def train_command(run: Run) -> list[str]:
     return cmd + (["--ckpt_path", str(run.last_ckpt)] if run.last_ckpt.exists() else [])
 
 
+GRACE_S = 120  # after Ctrl-C, how long a run may take to stop where it stands (finish writing a checkpoint)
+
+
 def _call(cmd: list[str], log, env: dict) -> int:
-    """Launch one training process (the one place a run starts; tests replace it)."""
-    return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    """Launch one training process (the one place a run starts; tests replace it).
+
+    On Ctrl-C the run (in the same process group, so it got the same Ctrl-C) is waited for, not killed after 0.25 s
+    as ``subprocess.call`` does: Lightning stops it where it stands. One still running after 5 s gets a Ctrl-C of its
+    own (the sweep alone was interrupted), and is killed after ``GRACE_S`` more.
+    """
+    with subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env) as proc:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            if _wait(proc, 5) is None:
+                proc.send_signal(signal.SIGINT)
+                if _wait(proc, GRACE_S) is None:
+                    proc.kill()
+            raise
+
+
+def _wait(proc: subprocess.Popen, seconds: float) -> Optional[int]:
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def execute(run: Run, env: Optional[dict] = None) -> dict:
@@ -103,6 +129,23 @@ def execute(run: Run, env: Optional[dict] = None) -> dict:
 
 
 def read_results(run: Run) -> Optional[dict]:
-    """The run's results.json (``train.py fit`` writes it when it finishes), or None."""
+    """The run's results.json (``train.py fit`` writes it when it finishes, ``"diverged": true`` when it diverged),
+    or None."""
     path = Path(run.run_dir) / "results.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def diverged(results: Optional[dict]) -> bool:
+    return bool(results and results.get("diverged"))
+
+
+def last_error_line(run: Run, tail_bytes: int = 65536) -> Optional[str]:
+    """The last non-blank line of the run's train.log (a traceback's last line names the error; ``error: ...``
+    is a user error's sentence), or None without a log."""
+    path = Path(run.run_dir) / "train.log"
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - tail_bytes))
+        lines = [x.strip() for x in f.read().decode("utf-8", "replace").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else None

@@ -1,7 +1,9 @@
 """A sweep's summary: the chosen LR and its seeds' ID/OOD, mean +- the 90% CI (Table 5).
 
 The LR with the best mean selection metric (the dataset's, from each run's results.json) wins; each run counts at its
-best epoch (early stopping) or its last. :func:`stats` gives mean, sample std (ddof=1) and the CI half-width
+best epoch (early stopping) or its last. An LR at which any run diverged (its results.json says ``"diverged": true``)
+is never chosen: its row says how many diverged, and ``diverged`` lists them; ``failed`` lists the runs that ended
+without a results.json, each with the last line of its log. :func:`stats` gives mean, sample std (ddof=1) and the CI half-width
 1.645 * std / sqrt(n) (:mod:`freeze_embed.paper`); :func:`summarize` gives the keys of ``summary.json``;
 :func:`format_summary` the table the sweep prints. A momentum sweep (``--momenta``) selects the LR per momentum
 (:func:`summarize_momenta`, :func:`format_momenta`), as Li et al. (ICLR 2020, Sec. 3.1) compare momenta.
@@ -30,7 +32,8 @@ def summarize(records: Sequence[dict], select: str = "best") -> dict:
     """Pick the LR with the best mean selection metric (the dataset's, from results.json) and report its seeds'
     ID/OOD.
 
-    ``records``: ``{"lr", "seed", "status", "results"}`` with ``results`` a run's results.json (or None).
+    ``records``: ``{"lr", "seed", "status", "results"}`` with ``results`` a run's results.json (or None), and
+    ``error`` (the last line of a failed run's log).
     ``select``: ``best`` (each run's early-stopped checkpoint) or ``last`` (its last epoch).
     Ties between LRs go to the smaller LR.
     """
@@ -46,13 +49,18 @@ def summarize(records: Sequence[dict], select: str = "best") -> dict:
             selections.add(selection)
         for key, metric in (("id_val", selection), ("id", "paper/id"), ("ood", "paper/ood")):
             one[key] = (res.get(select) or {}).get(f"{select}/{metric}")
+        if res.get("diverged"):
+            one.update(status="diverged", diverged_at=res.get("diverged_at"))
+        elif r.get("error"):
+            one["error"] = r["error"]
         runs.append(one)
     per_lr = []
     for lr in sorted({r["lr"] for r in runs}):
         done = [r for r in runs if r["lr"] == lr and r["id_val"] is not None]
         per_lr.append({"lr": lr, "n_runs": sum(r["lr"] == lr for r in runs), "n_done": len(done),
+                       "n_diverged": sum(r["lr"] == lr and r["status"] == "diverged" for r in runs),
                        **{k: stats([r[k] for r in done if r[k] is not None]) for k in ("id_val", "id", "ood")}})
-    scored = [p for p in per_lr if p["n_done"]]
+    scored = [p for p in per_lr if p["n_done"] and not p["n_diverged"]]
     best = max(scored, key=lambda p: p["id_val"]["mean"]) if scored else None  # max keeps the first (smallest) LR
     chosen = [r for r in runs if best and r["lr"] == best["lr"] and r["id_val"] is not None]
     if len(selections) > 1:
@@ -61,8 +69,33 @@ def summarize(records: Sequence[dict], select: str = "best") -> dict:
             "chosen_lr": best["lr"] if best else None,
             **{k: best[k] if best else stats([]) for k in ("id", "ood", "id_val")},
             "chosen_runs": [{k: r[k] for k in ("seed", "epoch", "id_val", "id", "ood")} for r in chosen],
-            "per_lr": per_lr, "runs": runs,
+            "per_lr": per_lr, "runs": runs, **problems(runs)}
+
+
+def problems(runs: Sequence[dict]) -> dict:
+    """``diverged`` and ``failed`` runs (each a run of ``runs``), and ``not_done``: every run without a result."""
+    return {"diverged": [r for r in runs if r["status"] == "diverged"],
+            "failed": [r for r in runs if r["status"] == "failed"],
             "not_done": [f"{r['run_dir'] or r['lr']}: {r['status']}" for r in runs if r["status"] != "done"]}
+
+
+def _where(r: dict) -> str:
+    return ("" if r.get("momentum") is None else f"m={r['momentum']:g} ") + f"lr={r['lr']:g} seed={r['seed']}"
+
+
+def format_problems(summary: dict) -> list[str]:
+    """One line per diverged run and per failed run (with its log's last line)."""
+    lines = []
+    for r in summary.get("diverged", []):
+        at = r.get("diverged_at") or {}
+        lines.append(f"DIVERGED (its LR is never chosen): {_where(r)} at epoch {at.get('epoch')}, step {at.get('step')}")
+    for r in summary.get("failed", []):
+        lines.append(f"FAILED: {_where(r)}: {r.get('error') or 'no error line'}; see {r['run_dir']}/train.log")
+    return lines
+
+
+def _diverged_note(p: dict) -> str:
+    return f"  {p['n_diverged']} diverged" if p.get("n_diverged") else ""
 
 
 def format_summary(summary: dict) -> str:
@@ -72,9 +105,9 @@ def format_summary(summary: dict) -> str:
     for p in summary["per_lr"]:
         mark = "*" if p["lr"] == summary["chosen_lr"] else " "
         lines.append(f"{mark:2}{p['lr']:>8g}  {p['n_done']:>2}/{p['n_runs']:<2}  {pct(p['id_val']):>12}  "
-                     f"{pct(p['id']):>12}  {pct(p['ood']):>12}")
+                     f"{pct(p['id']):>12}  {pct(p['ood']):>12}" + _diverged_note(p))
     if summary["chosen_lr"] is None:
-        return "\n".join(lines + ["No finished run: nothing to choose."])
+        return "\n".join(lines + ["No finished run at an LR where no run diverged: nothing to choose."])
     epochs = ", ".join(str(r["epoch"]) for r in summary["chosen_runs"])
     lines += [f"* chosen LR {summary['chosen_lr']:g} (best mean {summary['selection_metric']}); "
               f"epoch per seed ({summary['select']}): {epochs}",
@@ -103,7 +136,7 @@ def summarize_momenta(records: Sequence[dict], select: str = "best") -> dict:
     top = summarize([r for r in records if best and r["momentum"] == best["momentum"]], select)
     return {**top, "chosen_momentum": best["momentum"] if best else None,
             "chosen_effective_lr": best["chosen_effective_lr"] if best else None, "per_momentum": per,
-            "runs": every["runs"] if every else [], "not_done": every["not_done"] if every else [],
+            "runs": every["runs"] if every else [], **problems(every["runs"] if every else []),
             "selection_metric": every["selection_metric"] if every else None}
 
 
@@ -117,7 +150,7 @@ def format_momenta(summary: dict) -> str:
             mark = "*" if p["lr"] == m["chosen_lr"] else " "
             lines.append(f"{mark:2}{m['momentum']:>8g}  {p['effective_lr']:>8g}  {p['lr']:>8g}  "
                          f"{p['n_done']:>2}/{p['n_runs']:<2}  {pct(p['id_val']):>12}  {pct(p['id']):>12}  "
-                         f"{pct(p['ood']):>12}")
+                         f"{pct(p['ood']):>12}" + _diverged_note(p))
     lines.append(f"* each momentum's chosen LR (best mean {summary['selection_metric']}, {summary['select']} epoch)")
     for m in summary["per_momentum"]:
         if m["chosen_lr"] is None:
