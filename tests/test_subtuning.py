@@ -337,7 +337,7 @@ def test_diverged_and_failed_trials_are_no_candidates(tmp_path, monkeypatch, dem
             log.write("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
             return 1
         result = ({"diverged": True, "diverged_at": {"epoch": 0, "step": 3}} if subset == (1,)
-                  else {"best": {"best/id_val/acc": FORWARD[subset]}})
+                  else {"last": {"last/id_val/acc": FORWARD[subset]}})
         (run_dir / "results.json").write_text(json.dumps({"selection_metric": "id_val/acc", **result}))
         return 0
     monkeypatch.setattr(one_run, "_call", fake_call)
