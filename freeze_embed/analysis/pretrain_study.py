@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import CONFIGS, DEMO_CONFIG
+from ..files import atomic_write, write_json
 from ..paper import Z90
 
 PRETRAINED = {  # key -> (config, label)
@@ -137,8 +138,7 @@ def timed(out: Path, name: str, done: Path, fn) -> None:
     t, c = time.perf_counter(), cpu_seconds()
     fn()
     spent = {"wall_s": time.perf_counter() - t, "cpu_s": cpu_seconds() - c}
-    (out / "times").mkdir(parents=True, exist_ok=True)
-    (out / "times" / f"{name}.json").write_text(json.dumps(spent))
+    write_json(out / "times" / f"{name}.json", spent)
     print(f"[pretrain_study] {name}: {spent['wall_s']:.0f} s wall, {spent['cpu_s']:.0f} s CPU", file=sys.stderr)
 
 
@@ -184,8 +184,9 @@ def main(argv=None) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     plot_grad_norms({label: str(out / "grad_norms" / k / "grad_norms.csv") for k, (_, label) in PRETRAINED.items()},
                     head=False, out=str(docs / "grad_norms.png"))
-    (docs / "results.md").write_text(tables(out, args.seeds) + "\n**Time** (2-core machine shared with other "
-                                     "jobs, so wall time is not CPU time):\n\n" + timing(out))
+    with atomic_write(docs / "results.md", "w") as f:
+        f.write(tables(out, args.seeds) + "\n**Time** (2-core machine shared with other jobs, so wall time is not "
+                "CPU time):\n\n" + timing(out))
     print((docs / "results.md").read_text())
 
 

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..errors import FreezeEmbedError
+from ..files import atomic_write
 
 GAMMA = 0.01  # Cui et al. (2018): similarity = exp(-gamma * EMD), DomainSimilarityDemo.ipynb
 
@@ -184,8 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for r in rows:
         print(f"  {r['target']:<40} EMD {r['emd']:9.4f}   similarity {r['similarity']:.4f}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", newline="") as f:
+        with atomic_write(args.out, "w") as f:
             writer = csv.DictWriter(f, list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

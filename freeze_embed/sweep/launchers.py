@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import submitit
 
+from ..files import atomic_write
 from ..paper import SELECTION_METRIC
 from .run import Run, diverged, execute, last_error_line, read_results
 
@@ -170,7 +171,8 @@ def launch_slurm(runs: list[Run], folder: Path, params: dict, cluster: str = "sl
     jobs = executor.map_array(RunJob(), runs)
     for i, (run, job) in enumerate(zip(runs, jobs), 1):
         if cluster == "slurm":
-            (Path(run.run_dir) / "slurm_job_id").write_text(str(job.job_id))
+            with atomic_write(Path(run.run_dir) / "slurm_job_id", "w") as f:
+                f.write(str(job.job_id))
         _progress(i, len(runs), run, f"submitted as job {job.job_id}")
     results: dict[str, dict] = {}
     if not wait:
