@@ -20,7 +20,6 @@ from ..files import write_json
 from ..paper import dataset_name, model_name
 from .launchers import _in_flight, add_slurm_arguments, launch_local, launch_slurm, local_slots, slurm_parameters
 from .plan import SweepError, check_momenta, default_group, momentum_grid, record_config, resolve_lrs
-from ..files import write_json
 from .run import Run, last_error_line, prepare, read_results, train_command
 from .summary import format_momenta, format_problems, format_summary, summarize, summarize_momenta
 
