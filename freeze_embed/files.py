@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import tempfile
 from typing import Any, Iterator, Optional
 
@@ -81,15 +82,14 @@ def write_json(path: str | os.PathLike, obj: Any, indent: Optional[int] = 2) -> 
 
 
 MODEL_OPT_IN = "--model.trust_pickle true (or trust_pickle=True)"
-TRUST_HINT = ("if you trust the file (e.g. a checkpoint you wrote yourself with an older version), opt in with "
-              f"{MODEL_OPT_IN}")
+PICKLE_ERRORS = (pickle.UnpicklingError,)  # what torch.load(weights_only=True) raises for a file that needs full pickle
 
 
 def refusal(path: str | os.PathLike, what: str = "file", opt_in: str = MODEL_OPT_IN) -> UnsafeFileError:
     """The one sentence for a file that only arbitrary pickle can read; ``opt_in`` is the flag that trusts it."""
-    hint = TRUST_HINT.replace(MODEL_OPT_IN, opt_in)
     return UnsafeFileError(f"The {what} '{os.fspath(path)}' holds Python objects that only arbitrary pickle code can "
-                           f"rebuild, so it was not read (reading it could run code); {hint}.")
+                           "rebuild, so it was not read (reading it could run code); if you trust the file (e.g. a "
+                           f"checkpoint you wrote yourself with an older version), opt in with {opt_in}.")
 
 
 @contextlib.contextmanager
@@ -100,7 +100,7 @@ def refusing_pickle(path: str | os.PathLike, what: str = "file", opt_in: str = M
         yield
     except Exception as err:  # noqa: BLE001 - re-raised unless the refusal is behind it
         cause: Optional[BaseException] = err
-        while cause is not None and not isinstance(cause, pickle_errors()):
+        while cause is not None and not isinstance(cause, PICKLE_ERRORS):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
@@ -115,7 +115,7 @@ def load_torch(path: str | os.PathLike, what: str = "file", trust_pickle: bool =
         raise UnreadableFileError(f"The {what} '{path}' does not exist.")
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust_pickle)
-    except pickle_errors() as err:
+    except PICKLE_ERRORS as err:
         if trust_pickle:
             raise UnreadableFileError(f"Cannot read the {what} '{path}' ({type(err).__name__}).") from err
         raise refusal(path, what, opt_in) from err
@@ -123,12 +123,6 @@ def load_torch(path: str | os.PathLike, what: str = "file", trust_pickle: bool =
         detail = " ".join(str(err).split())[:200]
         raise UnreadableFileError(f"Cannot read the {what} '{path}': it is truncated or not a PyTorch file "
                                   f"({type(err).__name__}: {detail}).") from err
-
-
-def pickle_errors() -> tuple[type, ...]:
-    """What ``torch.load(weights_only=True)`` raises for a file that needs full pickle."""
-    import pickle
-    return (pickle.UnpicklingError,)
 
 
 def load_state_dict(path: str | os.PathLike, what: str = "weights file", trust_pickle: bool = False,
