@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 from torch import nn
 
 from . import files, torchscript
-from .errors import FreezeEmbedError
+from .errors import FreezeEmbedError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -175,8 +175,7 @@ def _load_timm_file(model: nn.Module, path: str, spec: str, trust_pickle: bool =
     except files.UnsafeFileError:
         raise
     except Exception as err:  # noqa: BLE001 - truncated files, safetensors' and torch's own errors: one sentence
-        detail = " ".join(str(err).split())[:200]
-        raise BackboneError(f"Cannot read checkpoint '{path}' ({type(err).__name__}: {detail}).") from err
+        raise BackboneError(f"Cannot read checkpoint '{path}' ({type(err).__name__}: {one_line(err, 200)}).") from err
     classifier = model.pretrained_cfg.get("classifier") or "head"
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifier)}

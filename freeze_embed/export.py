@@ -22,7 +22,7 @@ from torch import nn
 from .backbones import parse_spec
 from .cli import exit_on_user_error
 from .errors import FreezeEmbedError
-from .files import atomic_write, write_json
+from .files import atomic_write, load_strict, write_json
 from .inference import CONFIG, ONNX, WEIGHTS, from_checkpoint, stock_model
 
 TOLERANCE = 1e-5  # the rebuilt model's logits against the checkpoint's (absolute and relative)
@@ -96,12 +96,9 @@ def export(ckpt_path: str, out: str, onnx: bool = False) -> list[str]:
     rebuilt = stock_model(config)
     weights = {k: v.detach().clone().contiguous() for k, v in
                library_weights(loaded.model.state_dict(), config, rebuilt).items()}
-    try:
-        rebuilt.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:300]
-        raise ExportError(f"The stock {config['architecture']} does not take this checkpoint's weights ({detail}); "
-                          "use it with python -m freeze_embed.predict instead.") from err
+    load_strict(rebuilt, weights, lambda detail: ExportError(
+        f"The stock {config['architecture']} does not take this checkpoint's weights ({detail}); use it with "
+        "python -m freeze_embed.predict instead."))
     rebuilt.eval()
     check_logits(loaded.model, rebuilt, config["preprocess"])
     from safetensors.torch import save

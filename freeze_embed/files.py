@@ -16,11 +16,11 @@ import math
 import os
 import pickle
 import tempfile
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from .errors import FreezeEmbedError
+from .errors import FreezeEmbedError, one_line
 
 
 class UnsafeFileError(FreezeEmbedError):
@@ -120,9 +120,17 @@ def load_torch(path: str | os.PathLike, what: str = "file", trust_pickle: bool =
             raise UnreadableFileError(f"Cannot read the {what} '{path}' ({type(err).__name__}).") from err
         raise refusal(path, what, opt_in) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        detail = " ".join(str(err).split())[:200]
         raise UnreadableFileError(f"Cannot read the {what} '{path}': it is truncated or not a PyTorch file "
-                                  f"({type(err).__name__}: {detail}).") from err
+                                  f"({type(err).__name__}: {one_line(err, 200)}).") from err
+
+
+def load_strict(model: torch.nn.Module, state: Any, refuse: Callable[[str], FreezeEmbedError]) -> None:
+    """``model.load_state_dict(state, strict=True)``; weights that do not fit (missing or unexpected keys, shapes, not
+    a state dict at all) become ``refuse(detail)``, the library's message on one line."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except (TypeError, RuntimeError) as err:
+        raise refuse(one_line(err)) from err
 
 
 def load_state_dict(path: str | os.PathLike, what: str = "weights file", trust_pickle: bool = False,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .errors import FreezeEmbedError
-from .files import load_state_dict, load_torch
+from .files import load_state_dict, load_strict, load_torch
 
 CONFIG, WEIGHTS, ONNX = "config.json", "model.safetensors", "model.onnx"
 
@@ -48,12 +48,8 @@ def from_checkpoint(path: str, trust_pickle: bool = False) -> Classifier:
     accepted = inspect.signature(FineTuner.__init__).parameters  # LightningCLI also saves "_instantiator"
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     model = FineTuner(**{**kwargs, "pretrained": False})  # the checkpoint's weights replace every parameter
-    try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:300]
-        raise ModelFileError(f"The checkpoint '{path}' does not fit the model its own hyper-parameters build "
-                             f"({detail}).") from err
+    load_strict(model, checkpoint["state_dict"], lambda detail: ModelFileError(
+        f"The checkpoint '{path}' does not fit the model its own hyper-parameters build ({detail})."))
     return Classifier(model.eval(), list(checkpoint["class_names"]), dict(checkpoint["preprocess"]))
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from .anatomy import Anatomy, EmbedNotFound
 from .backbones import BackboneError
+from .errors import one_line
 
 
 def build_module(backbone: str, strategy: Optional[str], strategy_args: dict, **model_args):
@@ -37,7 +38,7 @@ def build_module(backbone: str, strategy: Optional[str], strategy_args: dict, **
     except Exception as err:  # noqa: BLE001 - jsonargparse's own message, in one line
         raise ValueError(f"'{strategy}' is not a Strategy class with those arguments; try one of "
                          "freeze_embed.strategies.__all__ or a dotted path to your own subclass "
-                         f"({' '.join(str(err).split())[:300]}).") from err
+                         f"({one_line(err)}).") from err
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
     return instantiate(namespace).model
 

@@ -65,12 +65,9 @@ def load_weights(model: torch.nn.Module, path: str) -> int:
     model was built with ``--model.trust_pickle true``."""
     trust = bool(getattr(model, "hparams", {}).get("trust_pickle", False))
     checkpoint = files.load_torch(path, "checkpoint", trust)
-    try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except (KeyError, TypeError, RuntimeError) as err:
-        detail = " ".join(str(err).split())[:300]  # one line: the missing/unexpected keys or shapes
-        raise PredictError(f"Checkpoint '{path}' does not fit the model these configs build ({detail}); give the "
-                           "--config files and overrides it was trained with.") from err
+    files.load_strict(model, checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None, lambda detail:
+                      PredictError(f"Checkpoint '{path}' does not fit the model these configs build ({detail}); give "
+                                   "the --config files and overrides it was trained with."))
     return int(checkpoint.get("epoch", 0))
 
 

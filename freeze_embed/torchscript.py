@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import torch
 
+from .errors import one_line
 from .files import UnreadableFileError, refusal
 
 _ALLOWED = {("collections", "OrderedDict"),
@@ -116,7 +117,7 @@ def load_state_dict(path: str | os.PathLike, what: str = "pretrained weights") -
     except (StopIteration, zipfile.BadZipFile, KeyError, IndexError, ValueError, TypeError, AttributeError,
             RuntimeError, EOFError, OSError) as err:
         raise UnreadableFileError(f"Cannot read the {what} '{path}' as a TorchScript archive "
-                                  f"({type(err).__name__}: {' '.join(str(err).split())[:200]}).") from err
+                                  f"({type(err).__name__}: {one_line(err, 200)}).") from err
     if not state:
         raise UnreadableFileError(f"The {what} '{path}' is a TorchScript archive without any declared weights.")
     return state

@@ -132,12 +132,9 @@ def run(cli_args: Sequence[str], zeroshot: str, finetuned: str, alphas: Sequence
     rows = []
     for alpha in alphas:
         theta = interpolate(theta0, theta1, alpha, keep)
-        try:
-            model.load_state_dict(theta, strict=True)
-        except RuntimeError as err:
-            detail = " ".join(str(err).split())[:300]
-            raise WiseFTError(f"The checkpoints do not fit the model these configs build ({detail}); give the --config "
-                              "files and overrides the fine-tuned run used.") from err
+        files.load_strict(model, theta, lambda detail: WiseFTError(
+            f"The checkpoints do not fit the model these configs build ({detail}); give the --config files and "
+            "overrides the fine-tuned run used."))
         rows.append({"alpha": alpha, **evaluate(trainer, model, dm)})
         if save:
             # the fine-tuned checkpoint's metadata, minus training state that does not fit the new weights
