@@ -3,7 +3,11 @@ re-running retries only it; a diverged run is shown as diverged and its LR is ne
 file whole and the next invocation continues."""
 from __future__ import annotations
 
+import contextlib
 import json
+from typing import Optional
+
+import pytest
 
 from freeze_embed import sweep
 from freeze_embed.results import render
@@ -18,21 +22,28 @@ def sweep_args(out, lrs=("0.666", "1e-2"), seeds=("0", "1")):
     return ["--config", "x.yaml", "--lrs", *lrs, "--seeds", *seeds, "--out", str(out)]
 
 
+@contextlib.contextmanager
+def launch_raising(run_name: str, error: BaseException, calls: Optional[list] = None):
+    """Inside: launching the run ``run_name`` raises ``error`` (the launcher itself, e.g. a broken environment, or
+    Ctrl-C); every launch is recorded in ``calls``; the other runs train as the fake training does."""
+    real = one_run._call
+
+    def call(cmd, log, env):
+        if calls is not None:
+            calls.append(cmd)
+        if run_name in " ".join(cmd):
+            raise error
+        return real(cmd, log, env)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(one_run, "_call", call)
+        yield
+
+
 def test_a_run_that_raises_does_not_stop_the_other_three(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
     out = tmp_path / "sweep"
     calls = []
-    real = one_run._call
-
-    def raising_once(cmd, log, env):  # the launcher itself raises for one run (e.g. a broken environment)
-        calls.append(cmd)
-        if "lr0.001_seed1" in " ".join(cmd):
-            raise OSError("exec format error")
-        return real(cmd, log, env)
-    one_run._call = raising_once
-    try:
+    with launch_raising("lr0.001_seed1", OSError("exec format error"), calls):
         assert sweep.main(sweep_args(out, lrs=("1e-3", "1e-2"))) == 1
-    finally:
-        one_run._call = real
     assert len(calls) == 4 and len(fake_training) == 3  # the other three trained
     summary = json.loads((out / "summary.json").read_text())
     assert [(r["lr"], r["seed"]) for r in summary["failed"]] == [(1e-3, 1)]
@@ -83,17 +94,8 @@ def test_results_tables_footnote_diverged_runs():
 
 def test_ctrl_c_leaves_every_file_whole_and_the_next_run_continues(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
     out = tmp_path / "sweep"
-    real = one_run._call
-
-    def interrupted(cmd, log, env):
-        if "lr0.01_seed0" in " ".join(cmd):
-            raise KeyboardInterrupt
-        return real(cmd, log, env)
-    one_run._call = interrupted
-    try:
+    with launch_raising("lr0.01_seed0", KeyboardInterrupt()):
         assert sweep.main(sweep_args(out, lrs=("1e-3", "1e-2"))) == 130
-    finally:
-        one_run._call = real
     assert "Interrupted: re-run the same command to continue" in capsys.readouterr().err
     assert sorted(c["run_dir"].name for c in fake_training) == ["lr0.001_seed0", "lr0.001_seed1"]
     assert not list(out.rglob(".*.tmp"))  # no half-written file left behind
