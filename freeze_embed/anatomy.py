@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from .backbones import Backbone
-from .errors import FreezeEmbedError
+from freeze_embed.backbones import Backbone
+from freeze_embed.errors import FreezeEmbedError
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm)
 
@@ -145,7 +145,7 @@ def resolve_anatomy(backbone: Backbone, head: nn.Module, *, embed: Optional[Sequ
             raise EmbedNotFound(
                 f"Cannot find the embedding layer of backbone '{backbone.name}' ({type(model).__name__}): list its "
                 "parameter prefixes in the config, e.g. `model.embed: [conv1, bn1]` "
-                "(see `python -m freeze_embed.parts <backbone>` for the names).")
+                "(see `python -m freeze_embed.tools.parts <backbone>` for the names).")
         if meta is not None:
             embed_names, tokens, blocks = meta
         else:

@@ -21,8 +21,8 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
-from . import files, torchscript
-from .errors import FreezeEmbedError, one_line
+from freeze_embed import files, torchscript
+from freeze_embed.errors import FreezeEmbedError, one_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

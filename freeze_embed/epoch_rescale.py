@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .module import FineTuner
+    from freeze_embed.module import FineTuner
 
 
 def batch_gradients(module: "FineTuner", num_batches: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from .errors import FreezeEmbedError, one_line
+from freeze_embed.errors import FreezeEmbedError, one_line
 
 
 class UnsafeFileError(FreezeEmbedError):

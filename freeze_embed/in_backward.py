@@ -39,8 +39,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import FreezeEmbedError
-from .optim import build_optimizer, param_groups, tensor_bytes
+from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.optim import build_optimizer, param_groups, tensor_bytes
 
 __all__ = ["InBackward", "InBackwardUnsupported", "check_precision", "check_trainer"]
 
@@ -136,7 +136,7 @@ class InBackward(torch.optim.Optimizer):
         groups = param_groups(named_params, plan, per_tensor, no_weight_decay)
         super().__init__(groups, {"lr": 0.0})
         self.grad_bytes = _GradBytes()
-        self.grad_sums: dict[str, torch.Tensor] = {}  # this backward's, for freeze_embed.divergence
+        self.grad_sums: dict[str, torch.Tensor] = {}  # this backward's, for freeze_embed.run.divergence
         self.skip_steps = False  # set by divergence.StopOnDivergence before a backward whose loss is not finite
         self.per_param: dict[str, torch.optim.Optimizer] = {}
         self._handles: list = []
@@ -235,7 +235,7 @@ class InBackward(torch.optim.Optimizer):
 
     def gradient_flags(self) -> tuple[list[str], torch.Tensor]:
         """The names of the parameters that got a gradient in the last backward, in the optimizer's order, and one bool
-        per name: its gradient's sum was not finite (``freeze_embed.divergence``; no host sync)."""
+        per name: its gradient's sum was not finite (``freeze_embed.run.divergence``; no host sync)."""
         names = [n for n in self.per_param if n in self.grad_sums]
         if not names:
             return [], torch.zeros(0, dtype=torch.bool)
@@ -250,7 +250,7 @@ class InBackward(torch.optim.Optimizer):
         pass  # gradients were freed in backward
 
     def state_bytes(self) -> int:
-        from .optim import optimizer_state_bytes
+        from freeze_embed.optim import optimizer_state_bytes
         return sum(optimizer_state_bytes(opt) for opt in self.per_param.values())
 
     def state_dict(self) -> dict:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import FreezeEmbedError
-from .files import load_state_dict, load_strict, load_torch
+from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.files import load_state_dict, load_strict, load_torch
 
 CONFIG, WEIGHTS, ONNX = "config.json", "model.safetensors", "model.onnx"
 
@@ -44,7 +44,7 @@ def from_checkpoint(path: str, trust_pickle: bool = False) -> Classifier:
     if missing:
         raise ModelFileError(f"The checkpoint '{path}' has no {' and no '.join(missing)} (an older version of "
                              "freeze-embed wrote it, before checkpoints carried them): train it again with this one.")
-    from .module import FineTuner
+    from freeze_embed.module import FineTuner
     accepted = inspect.signature(FineTuner.__init__).parameters  # LightningCLI also saves "_instantiator"
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     model = FineTuner(**{**kwargs, "pretrained": False})  # the checkpoint's weights replace every parameter
@@ -73,7 +73,7 @@ def stock_model(config: dict) -> nn.Module:
         return torchvision.models.get_model(arch, num_classes=num_classes, **kwargs)
     if library == "open_clip":
         import open_clip
-        from .zeroshot import NormalizedLinear
+        from freeze_embed.zeroshot import NormalizedLinear
         visual = open_clip.create_model(arch, **kwargs).visual
         head = (NormalizedLinear if config.get("normalize_features") else nn.Linear)(visual.output_dim, num_classes)
         return nn.Sequential(OrderedDict(backbone=visual, head=head))
@@ -81,11 +81,11 @@ def stock_model(config: dict) -> nn.Module:
 
 
 def from_export(folder: str) -> Classifier:
-    """The model ``python -m freeze_embed.export`` wrote into ``folder``."""
+    """The model ``python -m freeze_embed.tools.export`` wrote into ``folder``."""
     config_path, weights_path = os.path.join(folder, CONFIG), os.path.join(folder, WEIGHTS)
     if not (os.path.isfile(config_path) and os.path.isfile(weights_path)):
         raise ModelFileError(f"'{folder}' is not an export folder (it needs {CONFIG} and {WEIGHTS}): give the --out "
-                             "folder of python -m freeze_embed.export.")
+                             "folder of python -m freeze_embed.tools.export.")
     try:
         with open(config_path) as f:
             config = json.load(f)

@@ -13,7 +13,7 @@ import torch
 from torchmetrics import Metric
 
 if TYPE_CHECKING:
-    from .data.base import ShiftDataModule
+    from freeze_embed.data.base import ShiftDataModule
 
 
 class GroupAccuracy(Metric):

@@ -17,15 +17,15 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .anatomy import resolve_anatomy
-from .backbones import create_backbone
-from .data.preprocess import resolve_preprocess
-from . import in_backward, zeroshot
-from .metrics import GroupAccuracy, metrics_for
-from .rng import ResumedRNG, rng_states
-from .optim import (SGD, Group, build_optimizer, cosine_factor, group_names, no_weight_decay_names,
+from freeze_embed.anatomy import resolve_anatomy
+from freeze_embed.backbones import create_backbone
+from freeze_embed.data.preprocess import resolve_preprocess
+from freeze_embed import in_backward, zeroshot
+from freeze_embed.metrics import GroupAccuracy, metrics_for
+from freeze_embed.run.rng import ResumedRNG, rng_states
+from freeze_embed.optim import (SGD, Group, build_optimizer, cosine_factor, group_names, no_weight_decay_names,
                     optimizer_state_bytes, param_groups, tensor_bytes)
-from .strategies import FullFineTune, Strategy
+from freeze_embed.strategies import FullFineTune, Strategy
 
 # Test metrics are "test/<set>/<metric>". Waterbirds' evaluation set is itself named "test" ("test/test/acc"), so
 # the CLI renames keys by stripping this one leading prefix, never by replacing "test" anywhere in a key.

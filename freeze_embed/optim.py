@@ -13,8 +13,8 @@ from typing import Callable, Collection, Iterable, NamedTuple, Optional, Sequenc
 import torch
 from torch import nn
 
-from .anatomy import Anatomy
-from .errors import FreezeEmbedError
+from freeze_embed.anatomy import Anatomy
+from freeze_embed.errors import FreezeEmbedError
 
 NO_WEIGHT_DECAY = ("norms_and_biases", "tokens")
 

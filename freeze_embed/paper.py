@@ -1,7 +1,7 @@
 """The paper's vocabulary: its statistics, its default selection metric, its dataset and model names.
 
-One place for what Kumar et al. (ICLR 2024) call things, read by the sweep (:mod:`freeze_embed.sweep`) and the
-results tables (:mod:`freeze_embed.results`):
+One place for what Kumar et al. (ICLR 2024) call things, read by the sweep (:mod:`freeze_embed.tools.sweep`) and the
+results tables (:mod:`freeze_embed.tools.results`):
 
 * :data:`Z90`, :data:`STD_NOTE`, :data:`CI_NOTE`: Table 5's 90% confidence interval, mean +- 1.645 * std / sqrt(n)
   over seeds, with the sample std (ddof=1; the paper does not say which);
@@ -15,7 +15,7 @@ Method names are not here: each method file says its own (``method.name`` in ``c
 """
 from __future__ import annotations
 
-from .backbones import PAPER_BACKBONES
+from freeze_embed.backbones import PAPER_BACKBONES
 
 Z90 = 1.645  # two-sided 90% normal quantile
 STD_NOTE = "sample standard deviation over seeds (ddof=1)"

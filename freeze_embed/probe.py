@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .zeroshot import NormalizedLinear
+from freeze_embed.zeroshot import NormalizedLinear
 
 PAPER_C_GRID = tuple(np.logspace(-7, 2, 50).tolist())
 ABSENT_MARGIN = 10.0  # logits of classes absent from training sit this far below the mean of the present ones
@@ -115,7 +115,7 @@ def _cache_path(cache_dir: Optional[str], key: str) -> Optional[str]:
 def read_cache(path: str) -> tuple[np.ndarray, np.ndarray]:
     """A cache file's features and labels: plain arrays only (``allow_pickle=False``: an object array, which only
     pickle can rebuild, is refused, never unpickled); a bad file is one sentence."""
-    from .files import UnreadableFileError, UnsafeFileError
+    from freeze_embed.files import UnreadableFileError, UnsafeFileError
     try:
         with np.load(path, allow_pickle=False) as data:
             return data["x"], data["y"]
@@ -134,7 +134,7 @@ def read_cache(path: str) -> tuple[np.ndarray, np.ndarray]:
 def write_cache(path: str, x: np.ndarray, y: np.ndarray) -> None:
     """Written atomically (``files.atomic_write``): runs of a sweep may share the cache, and a killed run leaves no
     half-written file."""
-    from .files import atomic_write
+    from freeze_embed.files import atomic_write
     with atomic_write(path) as f:
         np.savez(f, x=x, y=y)
 

@@ -16,8 +16,8 @@ from collections import OrderedDict
 
 import torch
 
-from .errors import one_line
-from .files import UnreadableFileError, refusal
+from freeze_embed.errors import one_line
+from freeze_embed.files import UnreadableFileError, refusal
 
 _ALLOWED = {("collections", "OrderedDict"),
             ("torch.jit._pickle", "build_intlist"), ("torch.jit._pickle", "build_tensorlist"),

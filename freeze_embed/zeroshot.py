@@ -4,7 +4,7 @@ The head is ``ClassificationHead(normalize=True)`` of mlfoundations/wise-ft (``s
 the image features, then a linear map whose rows are the classes' text embeddings times CLIP's logit scale
 (``get_zeroshot_classifier`` in wise-ft ``src/models/zeroshot.py``; here ``open_clip.build_zero_shot_classifier``).
 With bias 0 it gives CLIP's zero-shot logits ``exp(logit_scale) * <image, text>`` exactly; fine-tuning then starts
-from zero-shot CLIP, which WiSE-FT's weight interpolation (``freeze_embed.wise_ft``) needs.
+from zero-shot CLIP, which WiSE-FT's weight interpolation (``freeze_embed.tools.wise_ft``) needs.
 
 The contract with the FineTuner: ``check_backbone(spec)`` when the model is built (before any download);
 ``head = NormalizedLinear(num_features, num_classes)``; in ``setup('fit')``
@@ -19,9 +19,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from .backbones import Pretrained, _fetching, _unknown, open_clip_model, parse_spec
-from .data.prompts import TEMPLATES
-from .errors import FreezeEmbedError
+from freeze_embed.backbones import Pretrained, _fetching, _unknown, open_clip_model, parse_spec
+from freeze_embed.data.prompts import TEMPLATES
+from freeze_embed.errors import FreezeEmbedError
 
 
 class ZeroShotError(FreezeEmbedError, ValueError):

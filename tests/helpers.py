@@ -18,7 +18,7 @@ def tiny_demo_args(tmp_path: Path, epochs: int = 2, extra: list[str] = ()) -> li
 
 
 def run_cli(args: list[str]) -> None:
-    from freeze_embed.cli import main
+    from freeze_embed.run.cli import main
     main(args)
 
 

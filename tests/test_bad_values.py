@@ -60,7 +60,7 @@ def test_momentum_must_be_in_0_1(tmp_path, capsys, monkeypatch):
 
 def test_weight_decay_and_betas():
     """The optimizer's other ranges (the CLI calls the same check)."""
-    from freeze_embed.values import BadValueError, check_optimizer
+    from freeze_embed.run.values import BadValueError, check_optimizer
     with pytest.raises(BadValueError, match=r"weight_decay must be 0 or more, not -0.1;"):
         check_optimizer({"lr": 1e-3, "weight_decay": -0.1})
     with pytest.raises(BadValueError, match=r"betas must be two numbers in \[0, 1\), not \[0.9, 1.0\];"):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from freeze_embed import methods
-from freeze_embed.bench import memory, speed
+from freeze_embed.run import methods
+from freeze_embed.tools.bench import memory, speed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_json_schema(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_each_method_runs_in_a_fresh_process():
-    out = subprocess.run([sys.executable, "-m", "freeze_embed.bench.memory", *ARGS, "--methods", "sgd_freeze_embed_no_momentum",
+    out = subprocess.run([sys.executable, "-m", "freeze_embed.tools.bench.memory", *ARGS, "--methods", "sgd_freeze_embed_no_momentum",
                           "--steps", "2", "--json"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     r = json.loads(out)["methods"]["sgd_freeze_embed_no_momentum"]
     assert r["state_bytes"] == 0 and r["grad_bytes"] < r["param_bytes"] and r["peak_bytes"] > r["param_bytes"]
@@ -143,7 +143,7 @@ def test_bench_builds_the_method_file_not_a_table_of_its_own(method):
 
 def test_data_throughput_normalises_with_the_backbones_statistics(monkeypatch, tmp_path):
     """Built by train.py's parser: the backbone config's CLIP mean/std reach the data, not ImageNet's."""
-    from freeze_embed.bench import data_throughput
+    from freeze_embed.tools.bench import data_throughput
     seen = []
     monkeypatch.setattr(data_throughput, "measure", lambda dm, passes: seen.append(dm) or (1.0, 1))
     monkeypatch.setattr(data_throughput, "synthetic_imagenet", lambda root, per_class: None)

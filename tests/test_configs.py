@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from freeze_embed.backbones import PAPER_BACKBONES
-from freeze_embed.config import ConfigError, compose
-from freeze_embed.sweep import resolve_lrs
+from freeze_embed.run.config import ConfigError, compose
+from freeze_embed.tools.sweep import resolve_lrs
 
 from helpers import ROOT, results, run_cli, tiny_demo_args
 

@@ -40,7 +40,7 @@ DOCS = documents()
 
 def test_the_scan_reads_what_it_should():
     assert "configs/demo.yaml" in CONFIG_PATH.findall(DOCS["README.md"])
-    assert "freeze_embed.subtuning" in MODULE.findall(DOCS["freeze_embed/subtuning/__init__.py"])
+    assert "freeze_embed.tools.subtuning" in MODULE.findall(DOCS["freeze_embed/tools/subtuning/__init__.py"])
     assert "configs/pretrain/bit50_sgd.yaml" in CONFIG_PATH.findall(DOCS["configs/pretrain/bit50_patchify_sgd.yaml"]
                                                                     + " configs/pretrain/bit50_sgd.yaml")
     assert CONFIG_PATH.findall("configs/data/<dataset>.yaml configs/pretrain/$m.yaml configs/method/*.yaml") == []
@@ -101,5 +101,5 @@ def test_readme_commands_are_found():
 @pytest.mark.parametrize("configs", sorted({tuple(_configs(c)) for c in COMMANDS}), ids=" + ".join)
 def test_readme_command_configs_parse(configs):
     """Commands whose --config files are all in the repo (not a run's output such as DIR/strategy.yaml)."""
-    from freeze_embed.config import parse
+    from freeze_embed.run.config import parse
     assert parse(list(configs)).get("model") is not None

@@ -189,7 +189,7 @@ def test_sweep_run_with_a_truncated_last_ckpt_falls_back_and_resume_is_exact(con
                                                                              capsys):
     """The sweep (and the SubTuning search, which launches its trials the same way) resumes a run with
     ``--ckpt_path <run>/checkpoints/last.ckpt``: a truncated one falls back to the run's best checkpoint."""
-    from freeze_embed.sweep import run as one_run
+    from freeze_embed.tools.sweep import run as one_run
     run = one_run.Run(lr=0.01, seed=0, run_dir=str(tmp_path / "run"))
     cfg = yaml.safe_load(config.read_text())
     folder = tmp_path / "run/checkpoints"
@@ -254,7 +254,7 @@ def fake_ckpt(path, epoch: int, step: int) -> None:
 
 
 def test_atomic_checkpoint_io_keeps_the_previous_file_when_the_disk_fills(tmp_path, monkeypatch):
-    from freeze_embed.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+    from freeze_embed.run.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
     path = tmp_path / "last.ckpt"
     fake_ckpt(path, 0, 2)
     before = path.read_bytes()
@@ -265,7 +265,7 @@ def test_atomic_checkpoint_io_keeps_the_previous_file_when_the_disk_fills(tmp_pa
 
 
 def test_last_falls_back_to_the_newest_readable_checkpoint(tmp_path, capsys):
-    from freeze_embed.checkpoint_io import resolve_ckpt_path
+    from freeze_embed.run.checkpoint_io import resolve_ckpt_path
     fake_ckpt(tmp_path / "best-epoch03.ckpt", 3, 8)
     fake_ckpt(tmp_path / "best-epoch01.ckpt", 1, 4)  # written later, but less far into training
     fake_ckpt(tmp_path / "last.ckpt", 4, 10)
@@ -277,7 +277,7 @@ def test_last_falls_back_to_the_newest_readable_checkpoint(tmp_path, capsys):
 
 
 def test_unreadable_checkpoint_without_fallback_is_one_sentence(tmp_path):
-    from freeze_embed.checkpoint_io import resolve_ckpt_path
+    from freeze_embed.run.checkpoint_io import resolve_ckpt_path
     from freeze_embed.files import UnreadableFileError
     (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 cut")
     with pytest.raises(UnreadableFileError, match=r"^Cannot resume: cannot read the checkpoint .* and no other "
@@ -291,7 +291,7 @@ def test_unreadable_checkpoint_without_fallback_is_one_sentence(tmp_path):
 
 def test_the_cli_installs_atomic_checkpoint_io_unless_the_user_gave_one():
     from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
-    from freeze_embed.checkpoint_io import AtomicCheckpointIO, install
+    from freeze_embed.run.checkpoint_io import AtomicCheckpointIO, install
     trainer = L.Trainer(logger=False, enable_checkpointing=False)
     install(trainer)
     assert type(trainer.strategy.checkpoint_io) is AtomicCheckpointIO

@@ -1,4 +1,4 @@
-"""python -m freeze_embed.export: the exported weights in the libraries' own models give the checkpoint's logits."""
+"""python -m freeze_embed.tools.export: the exported weights in the libraries' own models give the checkpoint's logits."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import torch
 from helpers import ROOT
 from model_files import CLASSES, TINY_CLIP, checkpoint
 
-from freeze_embed.export import main as export
+from freeze_embed.tools.export import main as export
 
 # Small variants of the paper's three timm families: ViT (classifier `head`), ConvNeXt (`head.fc`, a Linear) and
 # ResNetV2 (`head.fc`, a 1x1 convolution).
@@ -115,5 +115,5 @@ def test_patchify_stem_is_refused(tmp_path, capsys):
     checkpoint(tmp_path / "m.ckpt", "timm:resnetv2_18", {**TIMM["resnetv2"][1], "stem": "patchify"}, 64)
     msg = one_error(capsys, ["--ckpt_path", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "out")])
     assert msg == ("error: Backbone kwarg stem: 'patchify' has no stock timm equivalent, so this checkpoint cannot "
-                   "be exported; use it with python -m freeze_embed.predict instead.")
+                   "be exported; use it with python -m freeze_embed.tools.predict instead.")
     assert not (tmp_path / "out").exists()

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from freeze_embed.analysis import grad_norms as gn
-from freeze_embed.analysis.plots import plot_grad_norms
+from freeze_embed.tools.analysis import grad_norms as gn
+from freeze_embed.tools.analysis.plots import plot_grad_norms
 from freeze_embed.module import FineTuner
 from freeze_embed.strategies import FreezeEmbed
 
@@ -118,7 +118,7 @@ def test_cli_batch_is_32_unless_given(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(gn, "grad_norms", lambda module, loader, *a, **k: seen.append(loader.batch_size) or
                         pd.DataFrame({c: [1.0] for c in gn.COLUMNS}).assign(kind="embed"))
-    monkeypatch.setattr("freeze_embed.analysis.plots.plot_grad_norms", lambda *a, **k: None)
+    monkeypatch.setattr("freeze_embed.tools.analysis.plots.plot_grad_norms", lambda *a, **k: None)
     base = ["--config", "configs/demo.yaml", "--model.pretrained", "false", "--out", str(tmp_path)]
     gn.main(base)
     gn.main(base + ["--data.init_args.batch_size", "8"])

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from freeze_embed import methods
-from freeze_embed.bench import memory
+from freeze_embed.run import methods
+from freeze_embed.tools.bench import memory
 from helpers import ROOT, results, run_cli, tiny_demo_args
 
 IN_BACKWARD = ["--model.optimizer_in_backward", "true"]

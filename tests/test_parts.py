@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from freeze_embed.parts import main
+from freeze_embed.tools.parts import main
 
 
 def test_json_lists_parts_and_groups_per_epoch(capsys):

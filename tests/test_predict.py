@@ -11,10 +11,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from formats import TINY_MODEL, camelyon_root, fmow_root  # noqa: E402,F401  (fixtures)
 
-from freeze_embed.cli import main as train  # noqa: E402
+from freeze_embed.run.cli import main as train  # noqa: E402
 from freeze_embed.data import Camelyon17, FMoW  # noqa: E402
 from freeze_embed.module import FineTuner  # noqa: E402
-from freeze_embed.predict import main as predict  # noqa: E402
+from freeze_embed.tools.predict import main as predict  # noqa: E402
 
 FMOW = {"id_val": "id_val", "id_test": "id_test", "ood_val": "val", "ood_test": "test"}  # ours -> WILDS'
 CAMELYON = {"id_val": "id_val", "ood_val": "val", "ood_test": "test"}  # WILDS-Camelyon17 has no id_test

@@ -1,4 +1,4 @@
-"""python -m freeze_embed.predict --images: one CSV row per image, checked against an independent forward pass."""
+"""python -m freeze_embed.tools.predict --images: one CSV row per image, checked against an independent forward pass."""
 from __future__ import annotations
 
 import csv
@@ -12,8 +12,8 @@ from PIL import Image
 
 from model_files import CLASSES, checkpoint, preprocess
 
-from freeze_embed.export import main as export
-from freeze_embed.predict import main as predict
+from freeze_embed.tools.export import main as export
+from freeze_embed.tools.predict import main as predict
 
 SIZES = [(40, 50), (64, 48), (33, 33), (50, 70)]
 
@@ -155,7 +155,7 @@ def test_user_errors_are_one_sentence(tmp_path, capsys):
     msg = one_error(capsys, ["--model", str(tmp_path), "--images", str(tmp_path / "a.png"),
                              "--out", str(tmp_path / "p.csv")])
     assert msg == (f"error: '{tmp_path}' is not an export folder (it needs config.json and model.safetensors): give "
-                   "the --out folder of python -m freeze_embed.export.")
+                   "the --out folder of python -m freeze_embed.tools.export.")
     assert not (tmp_path / "p.csv").exists()
 
 

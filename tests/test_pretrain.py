@@ -108,7 +108,7 @@ def test_recipes_scale_lr_with_the_global_batch_and_differ_only_in_the_optimizer
     """SGD: torchvision's lr 0.1 per 256 images; AdamW: DeiT's 5e-4 per 512 (Goyal et al.'s linear scaling); at demo
     scale AdamW takes the demo ViT's pretraining LR instead (DeiT's scaled LR does not converge in 4 epochs)."""
     import inspect
-    from freeze_embed.demo_pretrain import pretrain
+    from freeze_embed.tools.demo_pretrain import pretrain
     sgd, adamw = _config(f"{scale}_sgd.yaml"), _config(f"{scale}_adamw.yaml")
     batch = sgd["data"]["init_args"]["batch_size"] * sgd["trainer"]["devices"] * sgd["trainer"].get("num_nodes", 1)
     assert sgd["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(0.1 * batch / 256)
@@ -181,7 +181,7 @@ def test_torchvision_export_loads_through_model_pretrained(tmp_path):
 
 @pytest.mark.slow
 def test_pretrain_hands_its_backbone_to_train_py_exactly(tmp_path):
-    from freeze_embed.config import DEMO_CONFIG, build
+    from freeze_embed.run.config import DEMO_CONFIG, build
     pretrain_main(tiny_pretrain_args(tmp_path, "pt", epochs=1))
     run = tmp_path / "pt"
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "pretrain.json").is_file()
@@ -227,7 +227,7 @@ def test_pretraining_resumes_exactly(tmp_path):
 # --- the small-scale study's bookkeeping ----------------------------------------------------------------------
 def test_study_picks_the_lr_on_id_validation_and_reports_the_90_percent_ci(tmp_path):
     import json
-    from freeze_embed.analysis.pretrain_study import _pm, selected
+    from freeze_embed.tools.analysis.pretrain_study import _pm, selected
     # lr 1e-4: better ID validation, worse OOD; it must be chosen (Section 4: selection never looks at OOD)
     for lr, val, ood in ((1e-4, [0.9, 0.8], [0.5, 0.6]), (3e-4, [0.7, 0.8], [0.9, 0.9])):
         for seed, (v, o) in enumerate(zip(val, ood)):

@@ -172,7 +172,7 @@ def test_train_cli_refuses_a_pretrained_pickle_in_one_line_on_stderr(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["torchvision", "open_clip"])
 def test_train_cli_refuses_other_families_pickles(tmp_path, capsys, family):
-    from freeze_embed.cli import main
+    from freeze_embed.run.cli import main
     spec, kwargs, model = source_model(family)
     path = evil_weights(tmp_path, model.state_dict())
     import json
@@ -185,7 +185,7 @@ def test_train_cli_refuses_other_families_pickles(tmp_path, capsys, family):
 
 
 def test_wise_ft_refuses_a_checkpoint_pickle_and_names_its_flag(tmp_path, capsys):
-    from freeze_embed import wise_ft
+    from freeze_embed.tools import wise_ft
     path = tmp_path / "fine.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": RunsCode(tmp_path / "marker")}, path)
     with pytest.raises(SystemExit) as exit_:
@@ -200,7 +200,7 @@ def test_wise_ft_refuses_a_checkpoint_pickle_and_names_its_flag(tmp_path, capsys
 
 
 def test_predict_refuses_a_checkpoint_pickle(tmp_path):
-    from freeze_embed.predict import load_weights
+    from freeze_embed.tools.predict import load_weights
     path = tmp_path / "model.ckpt"
     model = torch.nn.Linear(2, 1)
     torch.save({"state_dict": model.state_dict(), "epoch": 3, "hook": RunsCode(tmp_path / "marker")}, path)
@@ -211,7 +211,7 @@ def test_predict_refuses_a_checkpoint_pickle(tmp_path):
 
 
 def test_predict_reads_a_trusted_checkpoint_when_the_model_says_so(tmp_path):
-    from freeze_embed.predict import load_weights
+    from freeze_embed.tools.predict import load_weights
     path = tmp_path / "model.ckpt"
     source = torch.nn.Linear(2, 1)
     torch.save({"state_dict": source.state_dict(), "epoch": 3, "args": TrainArgs(lr=0.1)}, path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from freeze_embed import cli
+from freeze_embed.run import cli
 from freeze_embed.anatomy import resolve_anatomy
 from freeze_embed.backbones import Backbone, BackboneError, create_backbone
 from freeze_embed.strategies import GradualUnfreeze
@@ -118,7 +118,7 @@ def test_selection_metric_is_the_datasets(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "tests" / "data"))
     from formats import TINY_MODEL, write_waterbirds
     write_waterbirds(tmp_path / "wb", wilds=False)
-    from freeze_embed import config
+    from freeze_embed.run import config
     base = [str(ROOT / "configs/data/waterbirds.yaml")]
     over = ["--data.init_args.root", str(tmp_path / "wb"), *TINY_MODEL, "--trainer.logger", "false",
             "--trainer.default_root_dir", str(tmp_path)]

@@ -8,9 +8,11 @@ import math
 import pandas as pd
 import pytest
 
-from freeze_embed import paper, results
+from freeze_embed.tools import results
+
+from freeze_embed import paper
 from freeze_embed.paper import dataset_name, model_name
-from freeze_embed.results import load_summaries, render, tables
+from freeze_embed.tools.results import load_summaries, render, tables
 
 from helpers import ROOT
 
@@ -115,8 +117,8 @@ def test_results_notebook_runs(tmp_path, monkeypatch):
 
 # --- momentum x effective LR (Li et al., ICLR 2020) ---------------------------------------------------------------
 def momentum_summary():
-    """A two-momentum sweep's summary as freeze_embed.sweep writes it (one seed: no CI)."""
-    from freeze_embed.sweep import summarize_momenta
+    """A two-momentum sweep's summary as freeze_embed.tools.sweep writes it (one seed: no CI)."""
+    from freeze_embed.tools.sweep import summarize_momenta
 
     def rec(m, lr, id_val, id_, ood):
         block = {"best/id_val/acc": id_val, "best/paper/id": id_, "best/paper/ood": ood}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from freeze_embed.analysis.similarity import (SimilarityError, class_centroids, domain_similarity, emd, main,
+from freeze_embed.tools.analysis.similarity import (SimilarityError, class_centroids, domain_similarity, emd, main,
                                               similarity)
 
 # Source: class 0 = two images at (-1, 0) and (1, 0) -> centroid (0, 0), weight 2/8; class 1 = six images around

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freeze_embed import subtuning
-from freeze_embed.config import compose
-from freeze_embed.subtuning import command, greedy_search
-from freeze_embed.subtuning.search import SearchError
-from freeze_embed.sweep import run as one_run
+from freeze_embed.tools import subtuning
+from freeze_embed.run.config import compose
+from freeze_embed.tools.subtuning import command, greedy_search
+from freeze_embed.tools.subtuning.search import SearchError
+from freeze_embed.tools.sweep import run as one_run
 
 from helpers import ROOT
 
@@ -271,7 +271,7 @@ def test_count_blocks_builds_the_backbone_without_weights(demo_config):
 def test_tiny_demo_search_end_to_end(tmp_path, monkeypatch):
     """Forward search, max 1 block, 1 tiny epoch per trial through train.py: 5 real trials; the pick composes."""
     def in_process(cmd, log, env):  # the same train.py command, without paying a Python start-up per trial
-        from freeze_embed.cli import main
+        from freeze_embed.run.cli import main
         main(cmd[cmd.index("fit"):])
         return 0
     monkeypatch.setattr(one_run, "_call", in_process)

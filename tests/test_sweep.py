@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freeze_embed import sweep
-from freeze_embed.sweep import Run, command, launchers, resolve_lrs, stats, summarize
-from freeze_embed.sweep import run as one_run
+from freeze_embed.tools import sweep
+from freeze_embed.tools.sweep import Run, command, launchers, resolve_lrs, stats, summarize
+from freeze_embed.tools.sweep import run as one_run
 
 from helpers import ROOT
 
@@ -286,7 +286,7 @@ def test_tiny_demo_sweep_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
 
     def in_process(cmd, log, env):  # the same train.py command, without paying a second Python start-up
-        from freeze_embed.cli import main
+        from freeze_embed.run.cli import main
         main(cmd[cmd.index("fit"):])
         return 0
     monkeypatch.setattr(one_run, "_call", in_process)

@@ -9,10 +9,10 @@ from typing import Optional
 
 import pytest
 
-from freeze_embed import sweep
-from freeze_embed.results import render
-from freeze_embed.sweep import summarize
-from freeze_embed.sweep import run as one_run
+from freeze_embed.tools import sweep
+from freeze_embed.tools.results import render
+from freeze_embed.tools.sweep import summarize
+from freeze_embed.tools.sweep import run as one_run
 from test_sweep import CONFIG, fake_training, record, results_json  # noqa: F401 - fake_training is a fixture
 
 OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freeze_embed import sweep
-from freeze_embed.sweep import Run, command, resolve_lrs
-from freeze_embed.sweep import run as one_run
+from freeze_embed.tools import sweep
+from freeze_embed.tools.sweep import Run, command, resolve_lrs
+from freeze_embed.tools.sweep import run as one_run
 
 from helpers import ROOT
 from test_sweep import CONFIG, results_json

@@ -88,7 +88,7 @@ def test_linear_probe_fits_the_head_by_logistic_regression(tmp_path):
 @pytest.mark.slow
 def test_test_subcommand_on_a_checkpoint(tmp_path):
     """``train.py test`` logs test/... (no best/ or last/ left over) and exactly the numbers fit reported."""
-    from freeze_embed.cli import FreezeEmbedCLI
+    from freeze_embed.run.cli import FreezeEmbedCLI
     run_cli(tiny_demo_args(tmp_path, epochs=1))
     args = tiny_demo_args(tmp_path)[1:]
     cli = FreezeEmbedCLI(args=["test", *[a for a in args if a not in ("--run_dir", str(tmp_path / "run"))],
@@ -202,7 +202,7 @@ class RecordPrecision(L.Callback):
 @pytest.mark.slow
 def test_bf16_mixed_step_on_cpu(tmp_path):
     """bf16-mixed really runs the step in bfloat16 (CPU autocast), keeps float32 weights, and updates them."""
-    from freeze_embed.cli import FreezeEmbedCLI
+    from freeze_embed.run.cli import FreezeEmbedCLI
     callbacks = tmp_path / "callbacks.yaml"
     callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [{"class_path": "test_train_cli.RecordPrecision"}]}}))
     extra = ["--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1", "--config", str(callbacks)]

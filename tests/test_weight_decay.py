@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from freeze_embed import parts
+from freeze_embed.tools import parts
 from freeze_embed.errors import FreezeEmbedError
 from freeze_embed.module import FineTuner
 from freeze_embed.optim import AdamW

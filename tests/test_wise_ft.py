@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 
-from freeze_embed.wise_ft import WiseFTError, interpolate, kept, main
+from freeze_embed.tools.wise_ft import WiseFTError, interpolate, kept, main
 from helpers import ROOT, results, run_cli, tiny_demo_args
 
 

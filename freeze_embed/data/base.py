@@ -15,9 +15,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..backbones import normalization
-from ..paper import SELECTION_METRIC
-from ..values import at_least
+from freeze_embed.backbones import normalization
+from freeze_embed.paper import SELECTION_METRIC
+from freeze_embed.run.values import at_least
 
 
 class ShiftDataModule(L.LightningDataModule):

@@ -6,8 +6,8 @@ Metrics (Section 2.1): ID = ``id_val`` accuracy, OOD = average accuracy on ``ood
 """
 from __future__ import annotations
 
-from .transforms import paper_transform
-from .wilds import WildsDataModule
+from freeze_embed.data.transforms import paper_transform
+from freeze_embed.data.wilds import WildsDataModule
 
 HOSPITALS = [f"hospital_{i}" for i in range(5)]
 SPLITS = {"train": "train", "id_val": "id_val", "ood_val": "val", "ood_test": "test"}

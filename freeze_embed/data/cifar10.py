@@ -19,11 +19,11 @@ import sys
 import numpy as np
 from PIL import Image
 
-from ..errors import FreezeEmbedError
-from .base import ShiftDataModule
-from .errors import DataFormatError, missing_files, missing_root
-from .images import ImageSamples
-from .transforms import paper_transform
+from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.data.base import ShiftDataModule
+from freeze_embed.data.errors import DataFormatError, missing_files, missing_root
+from freeze_embed.data.images import ImageSamples
+from freeze_embed.data.transforms import paper_transform
 
 TITLE = "CIFAR-10 -> STL-10"
 CIFAR_DIR, STL_DIR = "cifar-10-batches-py", "stl10_binary"

@@ -12,7 +12,7 @@ import math
 import torch
 from torch.utils.data import Dataset
 
-from .base import ShiftDataModule
+from freeze_embed.data.base import ShiftDataModule
 
 TINTS = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.3, 0.9], [0.9, 0.8, 0.2],
                       [0.8, 0.2, 0.9], [0.2, 0.8, 0.9], [0.6, 0.6, 0.6], [0.9, 0.5, 0.1]])

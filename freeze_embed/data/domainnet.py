@@ -17,11 +17,11 @@ import warnings
 
 import numpy as np
 
-from .download import download
-from .errors import DataFormatError, missing_files, missing_root
-from .images import ImageSamples
-from .transforms import paper_transform
-from .wilds import WildsDataModule, split_indices
+from freeze_embed.data.download import download
+from freeze_embed.data.errors import DataFormatError, missing_files, missing_root
+from freeze_embed.data.images import ImageSamples
+from freeze_embed.data.transforms import paper_transform
+from freeze_embed.data.wilds import WildsDataModule, split_indices
 
 # SENTRY's label order (label = index): take labels from the split files, never from folder order.
 CLASSES = ["airplane", "ambulance", "apple", "backpack", "banana", "bathtub", "bear", "bed", "bee", "bicycle",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from ..errors import FreezeEmbedError
+from freeze_embed.errors import FreezeEmbedError
 
 
 class DataRootError(FreezeEmbedError, FileNotFoundError):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataFormatError
-from .transforms import paper_transform
-from .wilds import WildsDataModule
+from freeze_embed.data.errors import DataFormatError
+from freeze_embed.data.transforms import paper_transform
+from freeze_embed.data.wilds import WildsDataModule
 
 # WILDS' region order (first appearance in the real metadata); fixed here so group ids never depend on row order.
 REGIONS = ["Asia", "Europe", "Africa", "Americas", "Oceania", "Other"]

@@ -2,7 +2,7 @@
 
 SubTuning's ``greedy_cross_val`` (``talswisa/SubTuning``, ``src/greedy_subset_selection.py``) scores a candidate
 subset by the mean over K folds of the training set, so the search never looks at validation data;
-``python -m freeze_embed.subtuning --folds K`` runs one trial per fold with this datamodule around the user's.
+``python -m freeze_embed.tools.subtuning --folds K`` runs one trial per fold with this datamodule around the user's.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any, Optional
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
-from ..backbones import normalization
-from .base import ShiftDataModule
+from freeze_embed.backbones import normalization
+from freeze_embed.data.base import ShiftDataModule
 
 FOLD_SET = "fold_val"
 

@@ -8,8 +8,8 @@ from typing import Optional
 
 from PIL import Image
 
-from .errors import DataFormatError, DataRootError, ImageReadError
-from .images import ImageSamples, to_rgb
+from freeze_embed.data.errors import DataFormatError, DataRootError, ImageReadError
+from freeze_embed.data.images import ImageSamples, to_rgb
 
 PREFIX = "hf:"
 

@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .errors import DataFormatError, DataRootError
+from freeze_embed.data.errors import DataFormatError, DataRootError
 
 
 class ManifestRow(NamedTuple):

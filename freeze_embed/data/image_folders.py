@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from .base import ShiftDataModule
-from .errors import DataFormatError, DataRootError
-from .hf_datasets import HFSamples, hf_labels, is_hf, open_hf
-from .image_files import list_folder, read_manifest
-from .images import ImageSamples
-from .preprocess import eval_transform, preprocess_for, train_transform, _plain, _torchvision
+from freeze_embed.data.base import ShiftDataModule
+from freeze_embed.data.errors import DataFormatError, DataRootError
+from freeze_embed.data.hf_datasets import HFSamples, hf_labels, is_hf, open_hf
+from freeze_embed.data.image_files import list_folder, read_manifest
+from freeze_embed.data.images import ImageSamples
+from freeze_embed.data.preprocess import eval_transform, preprocess_for, train_transform, _plain, _torchvision
 
 
 class Listing:

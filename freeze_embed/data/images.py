@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import ImageReadError
+from freeze_embed.data.errors import ImageReadError
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -14,10 +14,10 @@ from importlib import resources
 
 import numpy as np
 
-from .base import ShiftDataModule
-from .errors import DataRootError, missing_root
-from .images import ImageSamples
-from .transforms import paper_transform
+from freeze_embed.data.base import ShiftDataModule
+from freeze_embed.data.errors import DataRootError, missing_root
+from freeze_embed.data.images import ImageSamples
+from freeze_embed.data.transforms import paper_transform
 
 EXTENSIONS = (".jpeg", ".jpg", ".png")
 LAYOUT = "ImageNet ILSVRC-2012 class folders <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG"

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, create_backbone, parse_spec
+from freeze_embed.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, create_backbone, parse_spec
 
 KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
 # open_clip's resize_mode -> timm's eval crop_mode (both with crop_pct 1.0): "shortest" resizes the shorter side to

@@ -21,10 +21,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .errors import DataFormatError, missing_root
-from .images import ImageSamples
-from .transforms import paper_transform
-from .wilds import WildsDataModule, WildsSamples
+from freeze_embed.data.errors import DataFormatError, missing_root
+from freeze_embed.data.images import ImageSamples
+from freeze_embed.data.transforms import paper_transform
+from freeze_embed.data.wilds import WildsDataModule, WildsSamples
 
 WILDS_FOLDER = "waterbirds_v1.0"
 DRO_FOLDER = "waterbird_complete95_forest2water2"

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import ShiftDataModule
-from .errors import ImageReadError, missing_files, missing_root
-from .images import ImageSamples
+from freeze_embed.data.base import ShiftDataModule
+from freeze_embed.data.errors import ImageReadError, missing_files, missing_root
+from freeze_embed.data.images import ImageSamples
 
 HOW = ("set data.init_args.download: true to fetch it with the wilds package, or download it from "
        "https://wilds.stanford.edu/downloads and extract it under <root>")

@@ -1,5 +1,5 @@
-"""Supervised pretraining for Appendix E (SGD vs AdamW, standard vs patchify stem): `python -m freeze_embed.pretrain`."""
-from .data import ImageFolderPretrain, PretrainData, SyntheticPretrain
-from .module import Pretrainer, PretrainError, export_backbone
+"""Supervised pretraining for Appendix E (SGD vs AdamW, standard vs patchify stem): `python -m freeze_embed.tools.pretrain`."""
+from freeze_embed.pretraining.data import ImageFolderPretrain, PretrainData, SyntheticPretrain
+from freeze_embed.pretraining.module import Pretrainer, PretrainError, export_backbone
 
 __all__ = ["ImageFolderPretrain", "PretrainData", "Pretrainer", "PretrainError", "SyntheticPretrain", "export_backbone"]

@@ -1,6 +1,6 @@
 """The pretraining command line (a LightningCLI, like ``train.py``'s):
 
-    python -m freeze_embed.pretrain fit --config configs/pretrain/demo_resnet_sgd.yaml
+    python -m freeze_embed.tools.pretrain fit --config configs/pretrain/demo_resnet_sgd.yaml
 
 Checkpoints go to ``<run_dir>/checkpoints/`` (``last.ckpt`` every epoch: resume with ``--ckpt_path``); after fit the
 backbone goes to ``<run_dir>/backbone.pth`` with ``backbone.yaml`` beside it (:func:`module.export_backbone`).
@@ -12,11 +12,12 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
-from ..checkpoint_io import DurableCheckpoints
-from ..cli import add_run_arguments, checkpoints_in_run_dir, exit_on_user_error
-from ..files import write_json
-from .data import PretrainData
-from .module import Pretrainer, export_backbone
+from freeze_embed.run.checkpoint_io import DurableCheckpoints
+from freeze_embed.errors import exit_on_user_error
+from freeze_embed.run.cli import add_run_arguments, checkpoints_in_run_dir
+from freeze_embed.files import write_json
+from freeze_embed.pretraining.data import PretrainData
+from freeze_embed.pretraining.module import Pretrainer, export_backbone
 
 
 class PretrainCLI(DurableCheckpoints, LightningCLI):

@@ -12,9 +12,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ..backbones import normalization
-from ..data.demo import make_shift_images
-from ..data.errors import DataRootError
+from freeze_embed.backbones import normalization
+from freeze_embed.data.demo import make_shift_images
+from freeze_embed.data.errors import DataRootError
 
 
 class PretrainData(L.LightningDataModule):
@@ -90,7 +90,7 @@ class ImageFolderPretrain(PretrainData):
 
 class SyntheticPretrain(PretrainData):
     """The built-in pretraining task: ``num_classes``-way grating orientation with random tints (no colour
-    shortcut), the task ``freeze_embed.demo_pretrain`` pretrains the demo ViT on. The demo shift
+    shortcut), the task ``freeze_embed.tools.demo_pretrain`` pretrains the demo ViT on. The demo shift
     (:class:`~freeze_embed.data.DemoShift`) then asks for 4 orientations at lower contrast and more noise, with a
     spurious tint: a related task whose patches look different, as a downstream set does after ImageNet.
 

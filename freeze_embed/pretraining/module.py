@@ -26,11 +26,11 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..backbones import create_backbone, parse_spec
-from ..errors import FreezeEmbedError
-from ..files import atomic_write
-from ..optim import SGD
-from ..rng import rng_states, set_rng_states
+from freeze_embed.backbones import create_backbone, parse_spec
+from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.files import atomic_write
+from freeze_embed.optim import SGD
+from freeze_embed.run.rng import rng_states, set_rng_states
 
 
 class PretrainError(FreezeEmbedError, ValueError):
@@ -140,7 +140,7 @@ def export_backbone(module: Pretrainer, out_dir: str) -> tuple[str, str]:
     if module.library == "torchvision":  # its loader is strict about the classifier's size
         model["backbone_kwargs"].setdefault("num_classes", module.hparams.num_classes)
     with atomic_write(cfg, "w") as f:
-        f.write("# Written by python -m freeze_embed.pretrain: fine-tune this backbone with\n"
+        f.write("# Written by python -m freeze_embed.tools.pretrain: fine-tune this backbone with\n"
                 f"#   python train.py fit --config <data> --config <method> --config {cfg}\n")
         yaml.safe_dump({"model": model}, f, sort_keys=False)
     return pth, cfg

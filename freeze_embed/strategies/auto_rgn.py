@@ -5,11 +5,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import epoch_rescale
-from .base import Strategy
+from freeze_embed import epoch_rescale
+from freeze_embed.strategies.base import Strategy
 
 if TYPE_CHECKING:
-    from ..module import FineTuner
+    from freeze_embed.module import FineTuner
 
 
 class AutoRGN(Strategy):

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from ..anatomy import Anatomy
+from freeze_embed.anatomy import Anatomy
 
 if TYPE_CHECKING:
-    from ..module import FineTuner
+    from freeze_embed.module import FineTuner
 
 
 class Strategy:

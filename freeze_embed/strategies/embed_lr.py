@@ -1,6 +1,6 @@
 """SGD (5x lower LR on embed layer), Appendix B: the embedding's gradients are about 5x larger than other layers'."""
-from ..anatomy import Anatomy
-from .base import Strategy
+from freeze_embed.anatomy import Anatomy
+from freeze_embed.strategies.base import Strategy
 
 
 class EmbedLRScale(Strategy):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..anatomy import Anatomy, EmbedNotFound
-from .base import Strategy
+from freeze_embed.anatomy import Anatomy, EmbedNotFound
+from freeze_embed.strategies.base import Strategy
 
 
 class FreezeEmbed(Strategy):

@@ -1,5 +1,5 @@
 """Full fine-tuning: every parameter trains at the base LR (the paper's SGD and AdamW baselines)."""
-from .base import Strategy
+from freeze_embed.strategies.base import Strategy
 
 
 class FullFineTune(Strategy):

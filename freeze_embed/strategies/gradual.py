@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 
-from ..anatomy import Anatomy
-from .base import Strategy
+from freeze_embed.anatomy import Anatomy
+from freeze_embed.strategies.base import Strategy
 
 
 class GradualUnfreeze(Strategy):
@@ -26,7 +26,7 @@ class GradualUnfreeze(Strategy):
 
     def check(self, max_epochs: int) -> None:
         if max_epochs < 2:  # epoch 0 trains the head alone; the schedule unfreezes blocks from epoch 1 of T - 1
-            from ..values import BadValueError
+            from freeze_embed.run.values import BadValueError
             raise BadValueError(f"GradualUnfreeze needs trainer.max_epochs of at least 2 (epoch 0 trains the head "
                                 f"alone, later epochs unfreeze blocks), not {max_epochs}; e.g. --trainer.max_epochs 10.")
 

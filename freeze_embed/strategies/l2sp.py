@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 
-from ..errors import FreezeEmbedError
-from .base import Strategy
-from .full import FullFineTune
-from .wrapper import Wrapper
+from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.strategies.base import Strategy
+from freeze_embed.strategies.full import FullFineTune
+from freeze_embed.strategies.wrapper import Wrapper
 
 if TYPE_CHECKING:
-    from ..module import FineTuner
+    from freeze_embed.module import FineTuner
 
 
 class L2SPError(FreezeEmbedError, ValueError):

@@ -1,8 +1,8 @@
 """Layer-wise LR decay (BEiT; MAE's fine-tuning recipe, ``facebookresearch/mae`` ``util/lr_decay.py``)."""
 from __future__ import annotations
 
-from ..anatomy import Anatomy
-from .base import Strategy
+from freeze_embed.anatomy import Anatomy
+from freeze_embed.strategies.base import Strategy
 
 
 def layer_ids(anatomy: Anatomy) -> dict[str, int]:

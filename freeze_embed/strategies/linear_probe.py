@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..anatomy import Anatomy
-from ..probe import PAPER_C_GRID, probe_head
-from .base import Strategy
+from freeze_embed.anatomy import Anatomy
+from freeze_embed.probe import PAPER_C_GRID, probe_head
+from freeze_embed.strategies.base import Strategy
 
 
 class LinearProbe(Strategy):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .base import Strategy
-from .full import FullFineTune
-from .linear_probe import LinearProbe
-from .wrapper import Wrapper
+from freeze_embed.strategies.base import Strategy
+from freeze_embed.strategies.full import FullFineTune
+from freeze_embed.strategies.linear_probe import LinearProbe
+from freeze_embed.strategies.wrapper import Wrapper
 
 
 class LPFT(Wrapper):

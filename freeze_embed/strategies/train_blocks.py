@@ -5,9 +5,9 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..anatomy import Anatomy
-from ..errors import FreezeEmbedError
-from .base import Strategy
+from freeze_embed.anatomy import Anatomy
+from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.strategies.base import Strategy
 
 BlockSpec = Union[int, str]
 PRESETS = ("first", "middle", "last")
@@ -53,7 +53,7 @@ class TrainBlocks(Strategy):
     """Train only the named blocks (plus the head, and the embedding if ``embed``); freeze everything else.
 
     Surgical fine-tuning's finding is that the best block to tune depends on the shift (input-level shifts: the first
-    block; output-level: the last), and SubTuning searches the subset greedily (``python -m freeze_embed.subtuning``,
+    block; output-level: the last), and SubTuning searches the subset greedily (``python -m freeze_embed.tools.subtuning``,
     which writes its pick as a TrainBlocks config). ``blocks: []`` with ``head: true`` trains the head alone with
     the run's optimizer (SubTuning's linear-probe start).
 

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from ..anatomy import Anatomy
-from .base import Strategy
+from freeze_embed.anatomy import Anatomy
+from freeze_embed.strategies.base import Strategy
 
 if TYPE_CHECKING:
-    from ..module import FineTuner
+    from freeze_embed.module import FineTuner
 
 
 class Wrapper(Strategy):

@@ -114,7 +114,7 @@ def test_download_uses_torchvision_only_when_missing(cifar_root, tmp_path, monke
 
 
 def test_describe_json(cifar_root, capsys):  # noqa: F811
-    from freeze_embed.data.describe import main
+    from freeze_embed.tools.describe import main
     main(["--config", "configs/data/cifar10.yaml", "--data.init_args.root", str(cifar_root),
           "--data.init_args.val_size", "5", "--json"])
     sizes = {"train": 15, "id_val": 5, "id_test": 6, "ood_test": 6}
@@ -128,7 +128,7 @@ def test_describe_json(cifar_root, capsys):  # noqa: F811
 
 def test_fit_fast_dev_run(cifar_root, tmp_path):  # noqa: F811
     """The config trains through the CLI (its extra arguments parse) and logs every set and the paper's numbers."""
-    from freeze_embed.cli import FreezeEmbedCLI
+    from freeze_embed.run.cli import FreezeEmbedCLI
     cli = FreezeEmbedCLI(args=fit_args("configs/data/cifar10.yaml", cifar_root, tmp_path)
                          + ["--data.init_args.val_size", "5"])
     logged = set(cli.trainer.callback_metrics)

@@ -45,7 +45,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("fixture", list(EXPECTED))
 def test_describe_json(fixture, request, capsys):
-    from freeze_embed.data.describe import main
+    from freeze_embed.tools.describe import main
     config, expected = EXPECTED[fixture]
     root = request.getfixturevalue(fixture)
     main(["--config", f"configs/data/{config}.yaml", "--data.init_args.root", str(root), "--json"])
@@ -55,7 +55,7 @@ def test_describe_json(fixture, request, capsys):
 @pytest.mark.slow
 def test_describe_command_line(waterbirds_dro):
     """The command as the issue writes it (``--data.root``), in a fresh process, plain output."""
-    cmd = [sys.executable, "-m", "freeze_embed.data.describe", "--config", "configs/data/waterbirds.yaml",
+    cmd = [sys.executable, "-m", "freeze_embed.tools.describe", "--config", "configs/data/waterbirds.yaml",
            "--data.root", str(waterbirds_dro)]
     plain = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert plain.splitlines() == [
@@ -67,7 +67,7 @@ def test_describe_command_line(waterbirds_dro):
 
 
 def test_describe_missing_root_is_one_line(capsys):
-    from freeze_embed.data.describe import main
+    from freeze_embed.tools.describe import main
     with pytest.raises(SystemExit) as exit_:
         main(["--config", "configs/data/waterbirds.yaml", "--data.root", "/no/such/dir", "--json"])
     out = capsys.readouterr()
@@ -80,7 +80,7 @@ def test_describe_missing_root_is_one_line(capsys):
                                      "imagenet_root"])
 def test_fit_fast_dev_run(fixture, request, tmp_path):
     """One training batch and one batch of every evaluation set; the paper's ID and OOD numbers are logged."""
-    from freeze_embed.cli import FreezeEmbedCLI
+    from freeze_embed.run.cli import FreezeEmbedCLI
     config, expected = EXPECTED[fixture]
     cli = FreezeEmbedCLI(args=fit_args(f"configs/data/{config}.yaml", request.getfixturevalue(fixture), tmp_path))
     logged = set(cli.trainer.callback_metrics)
@@ -89,7 +89,7 @@ def test_fit_fast_dev_run(fixture, request, tmp_path):
 
 
 def test_fit_with_missing_root_is_one_line(tmp_path, capsys):
-    from freeze_embed.cli import main
+    from freeze_embed.run.cli import main
     with pytest.raises(SystemExit) as exit_:
         main(fit_args("configs/data/fmow.yaml", tmp_path / "nowhere", tmp_path))
     assert exit_.value.code == 2

@@ -251,7 +251,7 @@ def test_checkpoint_carries_classes_and_preprocess(tmp_path):
 
 
 def test_describe_counts_classes_and_lists_unreadable_images(tmp_path, capsys):
-    from freeze_embed.data.describe import main
+    from freeze_embed.tools.describe import main
     root = tree(tmp_path / "train", {"a": 3, "b": 1})
     (root / "b" / "bad.jpg").write_text("junk")
     args = ["--config", "configs/demo.yaml", "--data", "freeze_embed.data.ImageFolders",
