@@ -1,4 +1,4 @@
-"""A user's own strategy and helpers, named from YAML by class_path (no registry), as the README shows."""
+"""A user's own strategy and helpers, named from YAML by class_path (no registry), as docs/extending.md shows."""
 import lightning as L
 
 from freeze_embed.strategies import FreezeEmbed

@@ -1,6 +1,6 @@
 """Appendix E at small scale: does the pretraining optimizer, not the stem, make the embedding's gradients stand out?
 
-    python -m freeze_embed.tools.analysis.pretrain_study --out runs/pretrain_study --docs docs/pretrain_study
+    python -m freeze_embed.tools.analysis.pretrain_study --out runs/pretrain_study --docs docs/studies/pretrain_study
 
 Four tiny BiT-style ResNets (``configs/pretrain/demo_resnet*.yaml``: SGD or AdamW, standard or patchify stem) are
 pretrained on the built-in task; each gets the layer-wise gradient norms of eq. 3.1 on the demo shift (Figures 3-5)
@@ -8,7 +8,7 @@ and is fine-tuned there with SGD, AdamW and SGD (freeze-embed), 3 seeds (Tables 
 process through the same CLIs as ``python -m freeze_embed.tools.pretrain`` and ``train.py``, and is skipped when its output
 exists, so a stopped study resumes where it stopped (a pretraining mid-way resumes from its ``last.ckpt``).
 
-Fine-tuning is the demo study's (README, "The demo study"): 4 epochs, 1000 training and 400 images per evaluation
+Fine-tuning is the demo study's (docs/studies/demo.md): 4 epochs, 1000 training and 400 images per evaluation
 set, two LRs per method, each run early-stopped on ID validation, the LR chosen on mean ID validation accuracy over
 seeds (Section 4's protocol). Writes ``results.md`` (the tables,
 the gradient-norm ratios, CPU and wall time) and ``grad_norms.png`` into ``--docs``.
@@ -35,7 +35,7 @@ PRETRAINED = {  # key -> (config, label)
     "adamw": ("demo_resnet_adamw.yaml", "AdamW-pretrained"),
     "adamw_patchify": ("demo_resnet_patchify_adamw.yaml", "AdamW-pretrained, patchify"),
 }
-# method file -> (name, LR grid): the demo study's grids (README, "The demo study")
+# method file -> (name, LR grid): the demo study's grids (docs/studies/demo.md)
 METHODS = {"sgd": ("SGD", (3e-3, 1e-2)), "adamw": ("AdamW", (1e-4, 3e-4)),
            "sgd_freeze_embed": ("SGD (freeze-embed)", (3e-3, 1e-2))}
 SIZE = ["--trainer.max_epochs", "4", "--data.init_args.train_size", "1000", "--data.init_args.eval_size", "400"]
@@ -161,7 +161,7 @@ def timing(out: Path) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/pretrain_study", help="runs, checkpoints, logs")
-    parser.add_argument("--docs", default="docs/pretrain_study", help="where results.md and grad_norms.png go")
+    parser.add_argument("--docs", default="docs/studies/pretrain_study", help="where results.md and grad_norms.png go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", default=list(PRETRAINED), choices=list(PRETRAINED),
                         help="run these pretrained models' pieces only (e.g. one per process); the tables need all")
