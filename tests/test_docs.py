@@ -80,7 +80,7 @@ def test_every_named_module_runs_with_python_m(doc):
 def readme_train_commands(doc: str = "README.md") -> list[list[str]]:
     """Each ``python train.py`` command of a page's bash blocks with --config, as arguments."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", DOCS[doc], re.S):
+    for block in re.findall(r"```bash\n(.*?)```", DOCS[doc], re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0]
             if "python train.py" in line and "--config" in line:
@@ -114,7 +114,7 @@ def test_readme_command_configs_parse(configs):
 
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*([\w+-]*)")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-EXTERNAL_LINK = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)  # http:, https:, mailto:, ...
+EXTERNAL_LINK = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, mailto:, ...
 
 
 def split_code(text: str) -> tuple[str, list[tuple[str, str]]]:
@@ -157,7 +157,7 @@ def anchors(text: str) -> set[str]:
 
 def links(text: str) -> list[str]:
     """The relative link targets of a page's prose (not its code blocks or inline code)."""
-    prose = re.sub(r"(`+)(?:(?!\1).)+?\1", "", split_code(text)[0], flags=re.S)
+    prose = re.sub(r"(`+)(?:(?!\1).)+?\1", "", split_code(text)[0], flags=re.DOTALL)
     return [t for t in LINK.findall(prose) if not EXTERNAL_LINK.match(t)]
 
 
@@ -177,8 +177,8 @@ def test_the_link_check_reads_what_it_should(tmp_path):
     assert slug("Memory per method (Table 4)") == "memory-per-method-table-4"
     assert slug("The paper's `embed`, [blocks](x.md) & head") == "the-papers-embed-blocks--head"
     assert anchors("# A\n```bash\n# not a heading\n```\n## A\n") == {"a", "a-1"}
-    assert links("[x](a.md#b) `[y](no.md)` ![i](f.png) [w](https://x.org)\n```\n[z](code.md)\n```\n[two\nlines](c.md)") == \
-        ["a.md#b", "f.png", "c.md"]
+    page = "[x](a.md#b) `[y](no.md)` ![i](f.png) [w](https://x.org)\n```\n[z](code.md)\n```\n[two\nlines](c.md)"
+    assert links(page) == ["a.md#b", "f.png", "c.md"]
     (tmp_path / "a.md").write_text("# Title\n## Some part\n")
     page = tmp_path / "p.md"
     page.write_text("[ok](a.md#some-part) [self](#here) [gone](b.md) [bad](a.md#other)\n# Here\n")
@@ -235,7 +235,8 @@ def _assignments(text: str) -> dict[str, list[str]]:
 def test_the_command_scan_reads_what_it_should():
     text = ("```bash\nfor m in sgd adamw; do python train.py fit --config configs/method/$m.yaml \\\n"
             "  --config configs/demo.yaml@train; done\npython train.py fit --config ... --config <yours>.yaml\n```\n"
-            "```\n--config not/a/command.yaml\n```\n  ```bash\n  B=\"x y\"\n  for b in $B; do --config c/$b.yaml; done\n  ```\n")
+            "```\n--config not/a/command.yaml\n```\n"
+            "  ```bash\n  B=\"x y\"\n  for b in $B; do --config c/$b.yaml; done\n  ```\n")
     assert command_configs(text) == ["configs/method/sgd.yaml", "configs/method/adamw.yaml", "configs/demo.yaml",
                                      "c/x.yaml", "c/y.yaml"]
 
