@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from freeze_embed.run import methods
-from freeze_embed.tools.bench import memory, speed
+from freeze_embed.tools.bench import gpu_report, memory, speed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,15 +38,6 @@ def test_memory_accounting_is_exact(method):
                       "adamw": 2 * trainable + 4 * tensors, "adamw_freeze_embed": 2 * trainable + 4 * tensors}[method]
     assert r["state_bytes"] == expected_state
     assert r["peak_bytes"] > 0
-
-
-def test_adamw_step_is_a_float32_scalar_tensor():
-    _, opt, _ = methods.build_module("adamw", VIT, TINY)
-    p = opt.param_groups[0]["params"][0]
-    p.grad = torch.ones_like(p)
-    opt.step()
-    step = opt.state[p]["step"]
-    assert torch.is_tensor(step) and step.dtype == torch.float32 and step.numel() == 1
 
 
 def test_json_schema(monkeypatch, capsys):
@@ -153,3 +144,88 @@ def test_data_throughput_normalises_with_the_backbones_statistics(monkeypatch, t
     import open_clip
     assert seen[0].mean == tuple(open_clip.OPENAI_DATASET_MEAN) and seen[0].batch_size == 64
     assert seen[1].mean == (0.5, 0.5, 0.5)  # augreg_in21k's own, not ImageNet's (0.485, 0.456, 0.406)
+
+
+def test_epoch_rate_is_the_median_timed_epoch():
+    """Epoch 0 (workers, allocations) is not timed; the median of the others gives images/s."""
+    assert speed._epoch_rates([0.0, 9.0, 11.0, 14.0, 16.0], 100, warmup=1) == pytest.approx(100 / 2.0)
+    assert speed._median_step([0.0, 5.0, 6.0, 8.0], warmup=1) == pytest.approx(1.5)
+
+
+def test_end_to_end_images_are_what_image_folders_reads(tmp_path):
+    from freeze_embed.data import ImageFolders
+    speed.write_images(str(tmp_path), 23, classes=4, size=16)
+    dm = ImageFolders(train=str(tmp_path), val_fraction=0.25, num_workers=0)
+    assert dm.class_names == ["class_0", "class_1", "class_2", "class_3"]
+    assert sorted(dm._labels["train"].tolist()) == sorted(i % 4 for i in range(23))
+    x, y, _ = dm.split("train", train=True)[0]
+    assert x.shape == (3, 224, 224) and 0 <= y < 4
+
+
+def test_end_to_end_refuses_what_it_cannot_time():
+    with pytest.raises(SystemExit):
+        speed.main(["--end_to_end", "--epochs", "1"])
+    with pytest.raises(SystemExit):
+        speed.main(["--end_to_end", "--without", "validation"])
+
+
+def test_real_run_is_train_pys_with_validation_off(tmp_path):
+    speed.write_images(str(tmp_path / "train"), 20)
+    cli = speed.real_run("sgd_freeze_embed", str(tmp_path / "train"), str(tmp_path / "out"), 3, 8, 0, "32",
+                         without=("StopOnDivergence",))
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert "StopOnDivergence" not in names and "ModelCheckpoint" in names and "LearningRateMonitor" in names
+    assert cli.trainer.limit_val_batches == 0 and cli.trainer.max_epochs == 3 and cli.datamodule.batch_size == 8
+    assert type(cli.datamodule).__name__ == "ImageFolders" and cli.model.head.out_features == 10
+
+
+@pytest.mark.slow
+def test_end_to_end_reports_both_loops():
+    r = speed.end_to_end("sgd_freeze_embed", epochs=2, images=40, batch=8, workers=0)
+    assert r["images_per_epoch"] == 36  # 10% of each class held out as id_val
+    assert r["ratio"] == pytest.approx(r["lightning_img_s"] / r["hand_img_s"])
+    assert r["overhead"] == pytest.approx(r["hand_img_s"] / r["lightning_img_s"] - 1)
+
+
+def test_model_args_reach_train_pys_parser():
+    """compile / channels_last go through ``--model.<key>``: an option the FineTuner lacks fails to parse."""
+    with pytest.raises(SystemExit):
+        speed.build_module("sgd", VIT, TINY, 10, model_args={"no_such_option": True})
+
+
+def test_gpu_report_without_cuda_is_one_sentence(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(gpu_report.NoCudaError, match="needs a CUDA GPU"):
+        gpu_report.main(["--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_gpu_report_cells_uncompiled_first():
+    got = gpu_report.cells({"a": None, "b": None}, (False, True))
+    assert len(got) == 2 * 2 * 2 * len(gpu_report.METHODS)
+    assert [c["compiled"] for c in got] == [False] * (len(got) // 2) + [True] * (len(got) // 2)
+    assert set(gpu_report.METHODS) == {"sgd", "sgd_freeze_embed", "adamw", "sgd_freeze_embed_no_momentum_in_backward"}
+
+
+def test_gpu_report_dry_run_writes_table_csv_and_chart(monkeypatch, tmp_path):
+    import csv
+    monkeypatch.setattr(gpu_report, "METHODS", ("sgd_freeze_embed_no_momentum_in_backward",))
+    monkeypatch.setattr(gpu_report, "PRECISIONS", ("32",))
+    assert gpu_report.main(["--dry_run", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "gpu_report.csv")))
+    assert [(r["method"], r["compiled"]) for r in rows] == [("sgd_freeze_embed_no_momentum_in_backward", "False"),
+                                                            ("sgd_freeze_embed_no_momentum_in_backward", "True")]
+    assert float(rows[0]["img_s"]) > 0 and rows[0]["batch"] == "2"
+    if "compile" not in gpu_report.model_options():
+        assert rows[1]["img_s"] == "" and rows[1]["note"] == "FineTuner has no compile option yet"
+    md = (tmp_path / "gpu_report.md").read_text()
+    assert "| demo ViT | sgd_freeze_embed_no_momentum_in_backward | 32 | no | 2 |" in md and "Loader:" in md
+    assert (tmp_path / "gpu_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_report.csv", "gpu_report.md", "gpu_report.png"]
+
+
+def test_gpu_report_skips_cells_past_its_budget(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_report, "loader_rate", lambda *a: 123.0)
+    gpu_report.main(["--dry_run", "--budget_s", "-1", "--out", str(tmp_path)])
+    md = (tmp_path / "gpu_report.md").read_text()
+    assert md.count("skipped: time budget") == 2 * 2 * len(gpu_report.METHODS) and "Loader: 123 images/s" in md

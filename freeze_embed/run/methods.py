@@ -37,12 +37,13 @@ def keys() -> list[str]:
 
 
 def build_module(key: str, backbone: str, backbone_kwargs: Optional[dict] = None, grad_checkpointing: bool = False,
-                 pretrained=False, num_classes: int = 10, in_backward: bool = False):
+                 pretrained=False, num_classes: int = 10, in_backward: bool = False, model_args: Optional[dict] = None):
     """(FineTuner of method ``key`` in train mode with epoch 0's ``requires_grad`` flags, its optimizer, the method's
     name), as ``fit`` sets them up: for the benchmarks, which measure exactly what training does. The demo config
     supplies the data; ``num_classes`` sizes the head as a dataset with that many classes would. ``in_backward``
     (or a key ending in ``_in_backward``) steps in backward: the optimizer is then the aggregate whose ``step`` does
-    nothing (:mod:`freeze_embed.in_backward`), and the name gets " (in backward)"."""
+    nothing (:mod:`freeze_embed.in_backward`), and the name gets " (in backward)". ``model_args``: more
+    ``--model.<key>`` values (e.g. ``compile``), parsed as train.py parses them."""
     import json
     key, suffixed = split_key(key)
     in_backward = in_backward or suffixed
@@ -52,6 +53,7 @@ def build_module(key: str, backbone: str, backbone_kwargs: Optional[dict] = None
                  "--data.init_args.num_classes", str(num_classes),  # the demo data, shrunk to nothing: the
                  "--data.init_args.train_size", "1", "--data.init_args.eval_size", "1",  # benchmarks bring their own
                  "--model.optimizer_in_backward", json.dumps(in_backward)]
+    overrides += [a for k, v in (model_args or {}).items() for a in (f"--model.{k}", json.dumps(v))]
     cli = build([DEMO_CONFIG, path(key)], overrides)
     module = cli.model
     optimizer = module.make_optimizer()  # in backward: attached to the parameters, and gated from freeze_for on
