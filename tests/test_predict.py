@@ -13,7 +13,7 @@ from formats import TINY_MODEL, camelyon_root, fmow_root  # noqa: E402,F401  (fi
 
 from freeze_embed.run.cli import main as train  # noqa: E402
 from freeze_embed.data import Camelyon17, FMoW  # noqa: E402
-from freeze_embed.errors import run_command  # noqa: E402
+from freeze_embed.errors import run_command
 from freeze_embed.module import FineTuner  # noqa: E402
 from freeze_embed.tools.predict import main as predict  # noqa: E402
 

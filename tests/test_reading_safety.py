@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from freeze_embed.backbones import create_backbone
 from freeze_embed.errors import run_command
 from freeze_embed.files import UnsafeFileError, load_torch
-from freeze_embed.inference import read_checkpoint
+from freeze_embed.inference import ModelFileError, read_checkpoint
 from helpers import ROOT
 from model_files import TINY_CLIP, TINY_VIT
 
@@ -198,6 +198,19 @@ def test_wise_ft_refuses_a_checkpoint_pickle_and_names_its_flag(tmp_path, capsys
     benign = tmp_path / "old.ckpt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "args": TrainArgs(lr=0.1)}, benign)
     assert read_checkpoint(str(benign), trust_pickle=True).saved["args"].lr == 0.1
+
+
+def test_the_one_checkpoint_reader_returns_what_callers_need_and_refuses_other_files(tmp_path):
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"lr": 0.1}, "epoch": 4}, path)
+    checkpoint = read_checkpoint(str(path))
+    assert checkpoint.hyper_parameters == {"lr": 0.1} and checkpoint.epoch == 4
+    assert list(checkpoint.state_dict) == ["w"] and torch.equal(checkpoint.state_dict["w"], torch.ones(2))
+    torch.save({"model": {"w": torch.ones(2)}}, path)
+    with pytest.raises(ModelFileError, match=r"is not a freeze-embed checkpoint \(it has no model hyper-parameters"):
+        read_checkpoint(str(path))
+    with pytest.raises(ModelFileError, match=r"^Checkpoint '.*nope.ckpt' does not exist: give a .ckpt file"):
+        read_checkpoint(str(tmp_path / "nope.ckpt"))
 
 
 def test_predict_refuses_a_checkpoint_pickle(tmp_path):
