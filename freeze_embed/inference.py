@@ -1,11 +1,10 @@
 """A trained classifier for inference, from a checkpoint train.py wrote or from a folder ``export`` wrote.
 
-:func:`read_checkpoint` is the one reader of train.py's checkpoints (predict, export, wise_ft use it).
-
 Either way: an eval-mode ``nn.Module`` (images -> logits), the class names in label order and the test-time
 preprocessing under timm's ``pretrained_cfg`` names (``timm.data.create_transform(**preprocess)`` rebuilds it).
 An export is rebuilt with the backbone's own library only (:func:`library_model`), exactly as docs/own_data.md tells
 users to; a checkpoint through the FineTuner, so every head and backbone option it trained with is honoured.
+:func:`read_checkpoint` is the one reader of train.py's checkpoints (predict, export and wise_ft read them with it).
 """
 from __future__ import annotations
 
