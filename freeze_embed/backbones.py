@@ -113,9 +113,8 @@ def _fetching(spec: str, wanted: bool):
         raise _unfetchable(spec, err) from err
 
 
-def _misfit(path: str, spec: str, err: Exception) -> BackboneError:
-    detail = str(err).strip().splitlines()
-    detail = " ".join(detail[:3])[:400]
+def _misfit(path: str, spec: str, detail: str) -> BackboneError:
+    """Weights of another architecture (``detail``: the library's message on one line, as ``files.load_strict``)."""
     return BackboneError(f"Checkpoint '{path}' does not fit backbone '{spec}' ({detail}). "
                          "Check that the file was saved from this architecture.")
 
@@ -179,12 +178,7 @@ def _load_timm_file(model: nn.Module, path: str, spec: str, trust_pickle: bool =
     classifier = model.pretrained_cfg.get("classifier") or "head"
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     state = {k: v for k, v in state.items() if not any(k.startswith(c + ".") for c in classifier)}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # size mismatches
-        raise _misfit(path, spec, err) from err
-    if missing or unexpected:
-        raise _misfit(path, spec, RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"))
+    files.load_strict(model, state, lambda detail: _misfit(path, spec, detail))
 
 
 def open_clip_model(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle: bool = False) -> nn.Module:
@@ -202,10 +196,8 @@ def open_clip_model(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pick
     quick_gelu = spec.tag == "openai"
     if path and torchscript.is_torchscript(path):  # OpenAI's original archives; QuickGELU, as load_openai_model has
         model = open_clip.create_model(spec.name, pretrained=None, force_quick_gelu=True, **kwargs)
-        try:
-            model.load_state_dict(torchscript.openai_clip_state(path, model, WHAT), strict=True)
-        except RuntimeError as err:
-            raise _misfit(path, str(spec), err) from err
+        state = torchscript.openai_clip_state(path, model, WHAT)
+        files.load_strict(model, state, lambda detail: _misfit(path, str(spec), detail))
         return model
     try:
         with _fetching(str(spec), not path and weights is not None), files.refusing_pickle(path or str(spec), WHAT):
@@ -213,7 +205,7 @@ def open_clip_model(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pick
                                           weights_only=not trust_pickle, **kwargs)
     except RuntimeError as err:
         if path:
-            raise _misfit(path, str(spec), err) from err
+            raise _misfit(path, str(spec), one_line(err)) from err
         raise
 
 
@@ -239,10 +231,7 @@ def _torchvision(spec: Spec, pretrained: Pretrained, kwargs: dict, trust_pickle:
                                              **kwargs)
     if path:
         state = files.load_state_dict(path, WHAT, trust_pickle)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise _misfit(path, str(spec), err) from err
+        files.load_strict(model, state, lambda detail: _misfit(path, str(spec), detail))
     # The classifier is the last Linear layer in every torchvision classification model (fc, heads, classifier[-1]).
     last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     parent_name, _, child = last[0].rpartition(".")

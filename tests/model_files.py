@@ -1,7 +1,8 @@
 """Checkpoints as train.py writes them (FineTuner hyper-parameters, state dict, class names, test-time transform),
-built directly from random tiny models, for the predict and export tests."""
+built directly from random tiny models, for the predict and export tests; the tiny models themselves."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +15,19 @@ TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 CLASSES = ["cat", "dog", "fox"]
+SPEC = "open_clip:ViT-B-32"  # the architecture TINY_CLIP shrinks
+
+
+def tiny_clip_file(tmp_path: Path):
+    """A random tiny CLIP with OpenAI's trained logit scale (100), saved as a local checkpoint."""
+    import open_clip
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", **TINY_CLIP).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100.0))
+    path = tmp_path / "tiny_clip.pt"
+    torch.save(model.state_dict(), path)
+    return model, str(path)
 
 
 def preprocess(size: int) -> dict:

@@ -11,6 +11,7 @@ import torch
 from helpers import ROOT
 from model_files import CLASSES, TINY_CLIP, checkpoint
 
+from freeze_embed.errors import run_command
 from freeze_embed.tools.export import main as export
 
 # Small variants of the paper's three timm families: ViT (classifier `head`), ConvNeXt (`head.fc`, a Linear) and
@@ -94,8 +95,8 @@ def test_onnx_equals_pytorch(tmp_path, monkeypatch):
 
 
 def one_error(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        export(args)
+    with pytest.raises(SystemExit) as exit_:  # what python -m does with the error main raises
+        run_command(export, args)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err, err
     [line] = [line for line in err.splitlines() if line.startswith("error: ")]

@@ -126,13 +126,13 @@ def test_cli_batch_is_32_unless_given(monkeypatch, tmp_path):
 
 
 def test_cli_writes_csv_and_png(tmp_path):
-    df = gn.main(["--config", "configs/demo.yaml", "--model.pretrained", "false", "--data.init_args.train_size", "32",
-                  "--data.init_args.batch_size", "16", "--batches", "2", "--out", str(tmp_path)])
+    assert gn.main(["--config", "configs/demo.yaml", "--model.pretrained", "false", "--data.init_args.train_size", "32",
+                  "--data.init_args.batch_size", "16", "--batches", "2", "--out", str(tmp_path)]) == 0
     csv = pd.read_csv(tmp_path / "grad_norms.csv")
     assert list(csv.columns) == gn.COLUMNS
     assert list(csv.kind) == ["embed"] + ["attn", "mlp"] * 4 + ["head"]
     assert list(csv.index) == list(range(10)) and list(csv["index"]) == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
-    assert (csv.G > 0).all() and csv.G.tolist() == pytest.approx(df.G.tolist())
+    assert (csv.G > 0).all()
     assert (tmp_path / "grad_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -7,7 +7,7 @@ import torch
 from freeze_embed.data import DemoShift
 from freeze_embed.module import FineTuner
 from freeze_embed.zeroshot import NormalizedLinear, ZeroShotError, prompts, zeroshot_weights
-from test_zeroshot import SPEC, TINY_CLIP, tiny_clip_file
+from model_files import SPEC, TINY_CLIP, tiny_clip_file
 
 
 def test_zeroshot_head_is_clips_classifier_after_setup(tmp_path):

@@ -13,6 +13,7 @@ from formats import TINY_MODEL, camelyon_root, fmow_root  # noqa: E402,F401  (fi
 
 from freeze_embed.run.cli import main as train  # noqa: E402
 from freeze_embed.data import Camelyon17, FMoW  # noqa: E402
+from freeze_embed.errors import run_command
 from freeze_embed.module import FineTuner  # noqa: E402
 from freeze_embed.tools.predict import main as predict  # noqa: E402
 
@@ -102,8 +103,8 @@ def test_epoch_flag_overrides_checkpoint(fmow_root, tmp_path):
 
 
 def one_error(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        predict(args)
+    with pytest.raises(SystemExit) as exit_:  # what python -m does with the error main raises
+        run_command(predict, args)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -124,7 +125,7 @@ def test_missing_checkpoint(capsys, tmp_path):
     msg = one_error(capsys, ["--config", "configs/data/fmow.yaml", "--ckpt_path", str(tmp_path / "nope.ckpt"),
                              "--out", str(tmp_path / "out")])
     assert msg == f"error: Checkpoint '{tmp_path / 'nope.ckpt'}' does not exist: give a .ckpt file train.py " \
-                  "wrote (e.g. <run_dir>/checkpoints/best-epoch02.ckpt)."
+                  "wrote, e.g. <run_dir>/checkpoints/last.ckpt."
 
 
 def test_checkpoint_of_another_model(fmow_root, capsys, tmp_path):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from model_files import CLASSES, checkpoint, preprocess
 
+from freeze_embed.errors import run_command
 from freeze_embed.tools.export import main as export
 from freeze_embed.tools.predict import main as predict
 
@@ -123,8 +124,8 @@ def test_folders_that_are_not_classes_are_just_images(tmp_path, capsys):
 
 
 def one_error(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        predict(args)
+    with pytest.raises(SystemExit) as exit_:  # what python -m does with the error main raises
+        run_command(predict, args)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err, err
     [line] = [line for line in err.splitlines() if line.startswith("error: ")]

@@ -87,6 +87,17 @@ def test_warmup_then_cosine_to_zero():
     assert warmup_cosine(3, 0, 12) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 12)))
 
 
+def test_warmup_cosine_built_on_optims_cosine_is_the_old_formula_exactly():
+    def old(step, warmup, total):  # pretraining's own cosine before it used optim.cosine_factor
+        if step < warmup:
+            return (step + 1) / warmup
+        if total <= warmup:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
+    cases = [(s, w, t) for t in (0, 1, 5, 12, 97) for w in (0, 1, 4, 12, 20) for s in range(t + 25)]
+    assert [warmup_cosine(*c) for c in cases] == [old(*c) for c in cases]
+
+
 def _config(name: str) -> dict:
     return yaml.safe_load((PRETRAIN / name).read_text())
 

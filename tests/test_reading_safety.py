@@ -21,10 +21,11 @@ import torchvision
 from safetensors.torch import save_file
 
 from freeze_embed.backbones import create_backbone
+from freeze_embed.errors import run_command
 from freeze_embed.files import UnsafeFileError, load_torch
+from freeze_embed.inference import ModelFileError, read_checkpoint
 from helpers import ROOT
-from test_backbones import TINY_VIT
-from test_zeroshot import TINY_CLIP
+from model_files import TINY_CLIP, TINY_VIT
 
 CLIP = "open_clip:ViT-B-32"
 REFUSED = ("holds Python objects that only arbitrary pickle code can rebuild, so it was not read (reading it could "
@@ -57,7 +58,7 @@ def source_model(family: str) -> tuple[str, dict, torch.nn.Module]:
     """(spec, kwargs, the library's whole model with random weights): what a weights file of the family holds."""
     torch.manual_seed(0)
     if family == "timm":
-        return "timm:vit_tiny_patch16_224", TINY_VIT, create_backbone("timm:vit_tiny_patch16_224", **TINY_VIT).model
+        return TINY_VIT[0], TINY_VIT[1], create_backbone(TINY_VIT[0], **TINY_VIT[1]).model
     if family == "torchvision":
         return "torchvision:resnet18", {}, torchvision.models.resnet18()
     return CLIP, TINY_CLIP, open_clip.create_model("ViT-B-32", **TINY_CLIP)
@@ -189,14 +190,27 @@ def test_wise_ft_refuses_a_checkpoint_pickle_and_names_its_flag(tmp_path, capsys
     path = tmp_path / "fine.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": RunsCode(tmp_path / "marker")}, path)
     with pytest.raises(SystemExit) as exit_:
-        wise_ft.main(["--config", str(ROOT / "configs/demo.yaml"), "--zeroshot", "zeroshot", "--finetuned", str(path),
-                      "--out", str(tmp_path / "out")])
+        run_command(wise_ft.main, ["--config", str(ROOT / "configs/demo.yaml"), "--zeroshot", "zeroshot",
+                                   "--finetuned", str(path), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "error: " + refused("checkpoint", path, "--trust_pickle") + "\n"
     assert not (tmp_path / "marker").exists()
     benign = tmp_path / "old.ckpt"
     torch.save({"state_dict": {"w": torch.ones(2)}, "args": TrainArgs(lr=0.1)}, benign)
-    assert wise_ft.read_checkpoint(str(benign), trust_pickle=True)["args"].lr == 0.1
+    assert read_checkpoint(str(benign), trust_pickle=True).saved["args"].lr == 0.1
+
+
+def test_the_one_checkpoint_reader_returns_what_callers_need_and_refuses_other_files(tmp_path):
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"lr": 0.1}, "epoch": 4}, path)
+    checkpoint = read_checkpoint(str(path))
+    assert checkpoint.hyper_parameters == {"lr": 0.1} and checkpoint.epoch == 4
+    assert list(checkpoint.state_dict) == ["w"] and torch.equal(checkpoint.state_dict["w"], torch.ones(2))
+    torch.save({"model": {"w": torch.ones(2)}}, path)
+    with pytest.raises(ModelFileError, match=r"is not a freeze-embed checkpoint \(it has no model hyper-parameters"):
+        read_checkpoint(str(path))
+    with pytest.raises(ModelFileError, match=r"^Checkpoint '.*nope.ckpt' does not exist: give a .ckpt file"):
+        read_checkpoint(str(tmp_path / "nope.ckpt"))
 
 
 def test_predict_refuses_a_checkpoint_pickle(tmp_path):

@@ -4,12 +4,12 @@ import os
 import subprocess
 import sys
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from freeze_embed.run import cli
 from freeze_embed.anatomy import resolve_anatomy
 from freeze_embed.backbones import Backbone, BackboneError, create_backbone
 from freeze_embed.strategies import GradualUnfreeze
@@ -58,8 +58,13 @@ def test_cuda_rng_states_travel_with_the_checkpoint(monkeypatch):
     assert restored == [saved]
 
 
-def test_zero_ood_shows_as_zero_percent():
-    assert cli._pct(0.0).strip() == "0.00%" and cli._pct(None).strip() == "n/a"
+def test_zero_ood_shows_as_zero_percent(tmp_path, capsys, monkeypatch):
+    """train.py's closing summary: a collapsed model's OOD 0 is 0.00%; only a metric not computed is n/a."""
+    tests = iter([[{"test/paper/id": 0.5, "test/paper/ood": 0.0}], [{"test/paper/id": 0.25}]])  # best, then last
+    monkeypatch.setattr(L.Trainer, "test", lambda self, *args, **kwargs: next(tests))
+    run_cli(tiny_demo_args(tmp_path, epochs=1, extra=["--data.init_args.train_size", "16"]))
+    summary = [line.split() for line in capsys.readouterr().err.splitlines() if line.startswith(("  best", "  last"))]
+    assert [(row[0], row[3], row[-1]) for row in summary] == [("best", "50.00%", "0.00%"), ("last", "25.00%", "n/a")]
 
 
 def test_data_root_is_checked_before_the_model_is_built(tmp_path, capsys, monkeypatch):

@@ -59,7 +59,7 @@ def test_cli_on_class_folders_and_a_data_config(tmp_path, capsys):
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_split_the_datamodule_lacks_is_named(capsys):
-    with pytest.raises(SystemExit):
+def test_a_split_the_datamodule_lacks_is_named():
+    with pytest.raises(SimilarityError, match=r"DemoShift has no split 'val'; choose one of train, id_val, id_test, "
+                                              r"ood_test\."):
         main(["--backbone", "configs/demo.yaml", "--source", "configs/demo.yaml@val", "--target", "nowhere/"])
-    assert "DemoShift has no split 'val'; choose one of train, id_val, id_test, ood_test." in capsys.readouterr().err

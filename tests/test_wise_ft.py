@@ -53,10 +53,14 @@ def test_different_models_are_refused_in_one_sentence():
         interpolate(theta0, {**theta1, "extra": torch.zeros(1)}, 0.5)
 
 
-def test_alphas_outside_0_1_are_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_a_missing_zeroshot_checkpoint_names_the_build_option(tmp_path):
+    with pytest.raises(WiseFTError, match=r"^--zeroshot 'nope.ckpt' does not exist: .*, or --zeroshot zeroshot to"):
+        main(["--zeroshot", "nope.ckpt", "--finetuned", "x.ckpt", "--out", str(tmp_path)])
+
+
+def test_alphas_outside_0_1_are_refused(tmp_path):
+    with pytest.raises(WiseFTError, match="--alphas must be numbers between 0 and 1"):
         main(["--zeroshot", "zeroshot", "--finetuned", "x.ckpt", "--alphas", "1.5", "--out", str(tmp_path)])
-    assert "--alphas must be numbers between 0 and 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -1,8 +1,6 @@
 """The zero-shot CLIP head: exact zero-shot logits on a random-weight tiny CLIP, and the prompts of every dataset."""
 from __future__ import annotations
 
-import math
-
 import open_clip
 import pytest
 import torch
@@ -10,23 +8,7 @@ import torch
 from freeze_embed.backbones import create_backbone
 from freeze_embed.data import CIFAR10, Camelyon17, DemoShift, DomainNet, FMoW, Living17, Waterbirds
 from freeze_embed.zeroshot import NormalizedLinear, ZeroShotError, check_backbone, prompts, zeroshot_weights
-
-SPEC = "open_clip:ViT-B-32"
-# A CLIP small enough for a test: open_clip takes whole vision_cfg / text_cfg overrides as keyword arguments.
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-def tiny_clip_file(tmp_path):
-    """A random tiny CLIP with OpenAI's trained logit scale (100), saved as a local checkpoint."""
-    torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32", **TINY_CLIP).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(100.0))
-    path = tmp_path / "tiny_clip.pt"
-    torch.save(model.state_dict(), path)
-    return model, str(path)
+from model_files import SPEC, TINY_CLIP, tiny_clip_file
 
 
 def test_zeroshot_head_on_the_backbone_gives_clips_zero_shot_logits(tmp_path):

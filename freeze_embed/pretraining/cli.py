@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional, Sequence
 
 from lightning.pytorch.cli import LightningCLI
 
 from freeze_embed.run.checkpoint_io import DurableCheckpoints
-from freeze_embed.errors import exit_on_user_error
 from freeze_embed.run.cli import add_run_arguments, checkpoints_in_run_dir
 from freeze_embed.files import write_json
 from freeze_embed.pretraining.data import PretrainData
@@ -46,5 +46,7 @@ class PretrainCLI(DurableCheckpoints, LightningCLI):
               f" fine-tune it with --config {cfg}", file=sys.stderr)
 
 
-def main(args=None) -> None:
-    exit_on_user_error(lambda: PretrainCLI(args=args))
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command's ``main`` (:mod:`freeze_embed.errors`' convention); ``python -m freeze_embed.tools.pretrain``."""
+    PretrainCLI(args=None if argv is None else list(argv))
+    return 0

@@ -14,7 +14,6 @@ backbone, so ``train.py fit --config <data> --config <method> --config <run>/bac
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Optional
 
@@ -29,7 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from freeze_embed.backbones import create_backbone, parse_spec
 from freeze_embed.errors import FreezeEmbedError
 from freeze_embed.files import atomic_write
-from freeze_embed.optim import SGD
+from freeze_embed.optim import SGD, cosine_factor
 from freeze_embed.run.rng import rng_states, set_rng_states
 
 
@@ -38,12 +37,11 @@ class PretrainError(FreezeEmbedError, ValueError):
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """LR factor: linear from 1/warmup to 1 over ``warmup`` steps (Goyal et al. 2017), then a cosine to 0."""
+    """LR factor: linear from 1/warmup to 1 over ``warmup`` steps (Goyal et al. 2017), then fine-tuning's cosine to
+    0 (:func:`freeze_embed.optim.cosine_factor`) over the remaining steps."""
     if step < warmup:
         return (step + 1) / warmup
-    if total <= warmup:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
+    return cosine_factor(step - warmup, total - warmup)
 
 
 def decay_groups(model: nn.Module, decay_1d: bool) -> list[dict]:

@@ -8,6 +8,7 @@ random tints, so its features know orientation but have no colour shortcut. The 
 from __future__ import annotations
 
 import argparse
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,8 @@ from tqdm.auto import tqdm
 from freeze_embed.backbones import create_backbone
 from freeze_embed.run.config import demo_backbone
 from freeze_embed.data.demo import make_shift_images
+from freeze_embed.errors import run_command
+from freeze_embed.files import atomic_write
 
 
 def pretrain(out: str, n: int = 8000, epochs: int = 6, lr: float = 1e-3, seed: int = 1234) -> float:
@@ -47,14 +50,21 @@ def pretrain(out: str, n: int = 8000, epochs: int = 6, lr: float = 1e-3, seed: i
     test_x, test_y, _ = make_shift_images(2000, 8, 1 / 8, seed=seed + 1)
     with torch.no_grad():
         acc = (head(backbone.model((test_x - mean) / std)).argmax(-1) == test_y).float().mean().item()
-    torch.save(backbone.model.state_dict(), out)
+    with atomic_write(out) as f:
+        torch.save(backbone.model.state_dict(), f)
     print(f"8-way orientation accuracy {acc:.3f}; saved {out}")
     return acc
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m freeze_embed.tools.demo_pretrain",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="freeze_embed/assets/demo_vit_tiny.pth")
     parser.add_argument("--epochs", type=int, default=6)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     pretrain(args.out, epochs=args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_command(main))

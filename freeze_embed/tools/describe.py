@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import torch
 
-from freeze_embed.errors import exit_on_user_error
+from freeze_embed.errors import run_command
 from freeze_embed.run.config import build_data
 
 
@@ -98,7 +97,7 @@ def render(info: dict, dm) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.tools.describe", description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", default=[], help="YAML config(s) with a data: section")
     parser.epilog = "Any other argument goes to train.py's parser, e.g. --data.root /data."
@@ -107,23 +106,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="open every image (in parallel) and list the unreadable ones with their reasons")
     args, extra = parser.parse_known_args(argv)
 
-    def describe():
-        dm = build_data(args.config, extra)
-        dm.prepare_data()
-        info = summary(dm)
-        if args.check_images:
-            info["unreadable"] = unreadable_images(dm)
-        return dm, info
-
-    dm, info = exit_on_user_error(describe)
+    dm = build_data(args.config, extra)
+    dm.prepare_data()
+    info = summary(dm)
+    if args.check_images:
+        info["unreadable"] = unreadable_images(dm)
     print(json.dumps(info, sort_keys=False) if args.json else render(info, dm))
     if args.check_images:
         bad = info["unreadable"]
         if not args.json:
             print(f"{len(bad)} unreadable image(s)" + "".join(f"\n  {b['image']}: {b['reason']}" for b in bad))
         if bad:
-            sys.exit(1)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

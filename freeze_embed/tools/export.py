@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from freeze_embed.backbones import parse_spec
-from freeze_embed.errors import exit_on_user_error
-from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.errors import FreezeEmbedError, run_command
 from freeze_embed.files import atomic_write, load_strict, write_json
 from freeze_embed.inference import CONFIG, ONNX, WEIGHTS, from_checkpoint, stock_model
 
@@ -121,16 +120,17 @@ def write_onnx(model: nn.Module, preprocess: dict, path: str) -> None:
         f.write(program.model_proto.SerializeToString())  # one file (protobuf's limit: models under 2 GB)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.tools.export", description=__doc__.split("\n")[0],
                                      allow_abbrev=False)
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by train.py")
     parser.add_argument("--out", required=True, help="folder for model.safetensors, config.json (and model.onnx)")
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (needs the export extra)")
     args = parser.parse_args(argv)
-    written = exit_on_user_error(export, args.ckpt_path, args.out, args.onnx)
+    written = export(args.ckpt_path, args.out, args.onnx)
     print(f"Wrote {', '.join(os.path.basename(p) for p in written)} to {os.path.abspath(args.out)}.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

@@ -36,18 +36,18 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from freeze_embed import files
-from freeze_embed.errors import exit_on_user_error
-from freeze_embed.run.config import build
 from freeze_embed.data import camelyon, fmow
-from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.errors import FreezeEmbedError, run_command
 from freeze_embed.files import atomic_write
+from freeze_embed.inference import check_checkpoint_path, read_checkpoint
+from freeze_embed.run.config import build
 
 # Our datamodule -> (WILDS' dataset name, our split name -> WILDS' split name); "train" is never scored.
 WILDS = {fmow.FMoW: ("fmow", fmow.SPLITS), camelyon.Camelyon17: ("camelyon17", camelyon.SPLITS)}
 
 
 class PredictError(FreezeEmbedError):
-    """Nothing to export: the data is not a WILDS benchmark, or the checkpoint is missing or does not fit."""
+    """Nothing to export: the data is not a WILDS benchmark, or the checkpoint does not fit the configs' model."""
 
 
 def wilds_of(cls: type) -> tuple[str, dict]:
@@ -60,15 +60,15 @@ def wilds_of(cls: type) -> tuple[str, dict]:
 
 
 def load_weights(model: torch.nn.Module, path: str) -> int:
-    """Load the checkpoint's weights into ``model`` (strict); returns the checkpoint's epoch. Read with
-    ``weights_only`` (``files.load_torch``): a file that needs arbitrary pickle is refused in one sentence, unless the
-    model was built with ``--model.trust_pickle true``."""
+    """Load the checkpoint's weights into ``model`` (strict); returns the checkpoint's epoch. A file that needs
+    arbitrary pickle is refused (:func:`read_checkpoint`) unless the model was built with ``--model.trust_pickle
+    true``."""
     trust = bool(getattr(model, "hparams", {}).get("trust_pickle", False))
-    checkpoint = files.load_torch(path, "checkpoint", trust)
-    files.load_strict(model, checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None, lambda detail:
+    checkpoint = read_checkpoint(path, trust)
+    files.load_strict(model, checkpoint.state_dict, lambda detail:
                       PredictError(f"Checkpoint '{path}' does not fit the model these configs build ({detail}); give "
                                    "the --config files and overrides it was trained with."))
-    return int(checkpoint.get("epoch", 0))
+    return checkpoint.epoch
 
 
 def predict(model: torch.nn.Module, dataset, batch_size: int, num_workers: int, device, context, desc: str) -> list:
@@ -83,9 +83,7 @@ def predict(model: torch.nn.Module, dataset, batch_size: int, num_workers: int, 
 
 
 def export(cli_args: Sequence[str], ckpt_path: str, out: str, seed: int, epoch: Optional[int]) -> list[str]:
-    if not os.path.isfile(ckpt_path):
-        raise PredictError(f"Checkpoint '{ckpt_path}' does not exist: give a .ckpt file train.py wrote "
-                           "(e.g. <run_dir>/checkpoints/best-epoch02.ckpt).")
+    check_checkpoint_path(ckpt_path)
     # Built by train.py's parser. Nothing is trained or logged here: no logger (no empty log folder per export), and
     # no pretrained weights to load or download, since the checkpoint's replace them all.
     cli = build([], [*cli_args, "--trainer.logger", "false", "--model.pretrained", "false"])
@@ -113,7 +111,7 @@ def export(cli_args: Sequence[str], ckpt_path: str, out: str, seed: int, epoch: 
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(arg in ("--images", "--model") or arg.startswith(("--images=", "--model=")) for arg in argv):
         from freeze_embed.tools.predict_images import main as predict_images
@@ -129,11 +127,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the run's seed, written into the file names")
     parser.add_argument("--epoch", type=int, default=None, help="written into the file names (default: checkpoint's)")
     args, rest = parser.parse_known_args(argv)
-    written = exit_on_user_error(export, rest, args.ckpt_path, args.out, args.seed, args.epoch)
+    written = export(rest, args.ckpt_path, args.out, args.seed, args.epoch)
     print(f"Wrote {len(written)} prediction files to {os.path.abspath(args.out)}:")
     for path in written:
         print(f"  {os.path.basename(path)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

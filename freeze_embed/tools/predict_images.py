@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.errors import FreezeEmbedError, run_command
 from freeze_embed.files import atomic_write
 from freeze_embed.inference import Classifier, from_checkpoint, from_export
 
@@ -165,8 +165,7 @@ def run(model: str, from_folder: bool, sources: Sequence[str], out: str, topk: i
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    from freeze_embed.errors import exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.tools.predict", description=__doc__.split("\n")[0],
                                      allow_abbrev=False)
     which = parser.add_mutually_exclusive_group(required=True)
@@ -179,5 +178,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes reading images")
     args = parser.parse_args(argv)
-    print(exit_on_user_error(run, args.model or args.ckpt_path, args.model is not None, args.images, args.out,
-                             args.topk, args.batch_size, args.num_workers))
+    print(run(args.model or args.ckpt_path, args.model is not None, args.images, args.out, args.topk, args.batch_size,
+              args.num_workers))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_command(main))

@@ -4,7 +4,8 @@
 
 The code lives in :mod:`freeze_embed.pretraining`; this is the entry point, as ``train.py`` is for fine-tuning.
 """
+from freeze_embed.errors import run_command
 from freeze_embed.pretraining.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

@@ -28,11 +28,12 @@ from typing import Mapping, Optional, Sequence
 import torch
 
 from freeze_embed import files
-from freeze_embed.errors import exit_on_user_error
-from freeze_embed.run.config import build
-from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.errors import FreezeEmbedError, run_command
 from freeze_embed.files import atomic_write
+from freeze_embed.inference import read_checkpoint
 from freeze_embed.module import TEST_PREFIX
+from freeze_embed.run.config import build
+from freeze_embed.zeroshot import fill_head
 
 BUILD = "zeroshot"  # --zeroshot BUILD: the zero-shot model from the configs, no checkpoint
 HEAD = "head."  # FineTuner.head's parameters
@@ -63,18 +64,6 @@ def interpolate(theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.T
     return out
 
 
-def read_checkpoint(path: str, trust_pickle: bool = False) -> dict:
-    """A checkpoint read with ``weights_only`` (train.py's load so), unless ``trust_pickle``: a file that needs
-    arbitrary pickle is refused in one sentence naming ``--trust_pickle``."""
-    if not os.path.isfile(path):
-        raise WiseFTError(f"Checkpoint '{path}' does not exist: give a .ckpt file train.py wrote, or "
-                          f"--zeroshot {BUILD} to build the zero-shot model from the configs.")
-    checkpoint = files.load_torch(path, "checkpoint", trust_pickle, opt_in="--trust_pickle")
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise WiseFTError(f"Checkpoint '{path}' holds no state_dict: give a .ckpt file train.py wrote.")
-    return checkpoint
-
-
 def zeroshot_head(hparams: Mapping) -> bool:
     return hparams.get("head_init") == "zeroshot"
 
@@ -83,17 +72,6 @@ def kept(zeroshot_hparams: Mapping, finetuned_hparams: Mapping, backbone_only: b
     """Prefixes the fine-tuned model keeps as they are: its head, unless both heads started from the zero-shot one."""
     whole = zeroshot_head(zeroshot_hparams) and zeroshot_head(finetuned_hparams) and not backbone_only
     return () if whole else (HEAD,)
-
-
-def fill_zeroshot_head(model, datamodule) -> None:
-    """The zero-shot head the FineTuner builds at fit start (``freeze_embed.zeroshot``), for ``--zeroshot zeroshot``."""
-    from freeze_embed.zeroshot import prompts, zeroshot_weights
-    hp = model.hparams
-    weights = zeroshot_weights(hp["backbone"], hp["pretrained"], *prompts(datamodule), hp.get("backbone_kwargs"),
-                               trust_pickle=hp.get("trust_pickle", False))
-    with torch.no_grad():
-        model.head.weight.copy_(weights)
-        model.head.bias.zero_()
 
 
 def alpha_name(alpha: float) -> str:
@@ -111,20 +89,23 @@ def run(cli_args: Sequence[str], zeroshot: str, finetuned: str, alphas: Sequence
     bad = [a for a in alphas if not 0 <= a <= 1]
     if bad or not alphas:
         raise WiseFTError(f"--alphas must be numbers between 0 and 1 (0: zero-shot, 1: fine-tuned), got {bad or 'none'}.")
-    fine = read_checkpoint(finetuned, trust_pickle)
-    zero = None if zeroshot == BUILD else read_checkpoint(zeroshot, trust_pickle)
+    if zeroshot != BUILD and not os.path.isfile(zeroshot):
+        raise WiseFTError(f"--zeroshot '{zeroshot}' does not exist: give a .ckpt file train.py wrote, or --zeroshot "
+                          f"{BUILD} to build the zero-shot model from the configs.")
+    fine = read_checkpoint(finetuned, trust_pickle, opt_in="--trust_pickle")
+    zero = None if zeroshot == BUILD else read_checkpoint(zeroshot, trust_pickle, opt_in="--trust_pickle")
     # Checkpoints replace every weight, so nothing is downloaded unless the zero-shot model is built here.
     overrides = ["--trainer.logger", "false"] + (["--model.pretrained", "false"] if zero is not None else [])
     cli = build([], [*cli_args, *overrides])
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     if zero is None:
         if zeroshot_head(model.hparams):
-            fill_zeroshot_head(model, dm)
+            fill_head(model.head, model.hparams, dm)  # as the FineTuner does at fit start
         theta0, hp0 = {k: v.detach().clone() for k, v in model.state_dict().items()}, dict(model.hparams)
     else:
-        theta0, hp0 = zero["state_dict"], zero.get("hyper_parameters", {})
-    theta1 = fine["state_dict"]
-    keep = kept(hp0, fine.get("hyper_parameters", {}), backbone_only)
+        theta0, hp0 = zero.state_dict, zero.hyper_parameters
+    theta1 = fine.state_dict
+    keep = kept(hp0, fine.hyper_parameters, backbone_only)
     whole = not keep
     print(f"WiSE-FT: interpolating {'backbone and head' if whole else 'the backbone; the fine-tuned head is kept'}",
           file=sys.stderr)
@@ -138,7 +119,7 @@ def run(cli_args: Sequence[str], zeroshot: str, finetuned: str, alphas: Sequence
         rows.append({"alpha": alpha, **evaluate(trainer, model, dm)})
         if save:
             # the fine-tuned checkpoint's metadata, minus training state that does not fit the new weights
-            saved = {k: v for k, v in fine.items() if k not in ("optimizer_states", "lr_schedulers", "callbacks")}
+            saved = {k: v for k, v in fine.saved.items() if k not in ("optimizer_states", "lr_schedulers", "callbacks")}
             saved["state_dict"] = theta
             saved["wise_ft"] = {"alpha": alpha, "zeroshot": zeroshot, "finetuned": finetuned, "head": bool(whole)}
             with atomic_write(os.path.join(out, f"alpha_{alpha_name(alpha)}.ckpt")) as f:
@@ -177,7 +158,7 @@ def plot(rows: list[dict], path: str, id_metric: str, ood_metric: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.tools.wise_ft", description=__doc__.split("\n")[0],
                                      epilog="Every other argument (--config, overrides) goes to train.py's parser.",
                                      allow_abbrev=False)
@@ -193,14 +174,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--trust_pickle", action="store_true",
                         help="read checkpoints that need full pickle, which can run code: only files you trust")
     args, rest = parser.parse_known_args(argv)
-    rows = exit_on_user_error(run, rest, args.zeroshot, args.finetuned, args.alphas, args.out, args.save,
-                              args.backbone_only, args.trust_pickle)
+    rows = run(rest, args.zeroshot, args.finetuned, args.alphas, args.out, args.save, args.backbone_only,
+               args.trust_pickle)
     print(f"{'alpha':>6} {'ID':>7} {'OOD':>7}")
     for r in rows:
         print(f"{alpha_name(r['alpha']):>6} {100 * r.get('paper/id', float('nan')):6.2f}% "
               f"{100 * r.get('paper/ood', float('nan')):6.2f}%")
     print(f"Wrote {os.path.join(args.out, 'wise_ft.csv')} and {os.path.join(args.out, 'wise_ft.png')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

@@ -67,9 +67,10 @@ def test_describe_command_line(waterbirds_dro):
 
 
 def test_describe_missing_root_is_one_line(capsys):
+    from freeze_embed.errors import run_command
     from freeze_embed.tools.describe import main
     with pytest.raises(SystemExit) as exit_:
-        main(["--config", "configs/data/waterbirds.yaml", "--data.root", "/no/such/dir", "--json"])
+        run_command(main, ["--config", "configs/data/waterbirds.yaml", "--data.root", "/no/such/dir", "--json"])
     out = capsys.readouterr()
     assert exit_.value.code == 2 and out.out == ""
     assert out.err.startswith("error: Waterbirds data not found at '/no/such/dir': expected ")

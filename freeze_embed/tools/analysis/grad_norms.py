@@ -27,12 +27,14 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from freeze_embed.errors import run_command
 
 COLUMNS = ["layer", "kind", "index", "G", "G_over_param_norm", "G_over_sqrt_numel", "numel"]
 _ATTN, _MLP = re.compile(r"attn|attention"), re.compile(r"mlp|ffn")
@@ -138,7 +140,7 @@ def summary(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> pd.DataFrame:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description="Layer-wise gradient norms at the pretrained initialisation (eq. 3.1, Figure 2).",
         epilog="Any other argument goes to the training CLI, e.g. --config configs/demo.yaml --model.pretrained false",
@@ -162,8 +164,8 @@ def main(argv: Optional[list[str]] = None) -> pd.DataFrame:
     print(df.to_string(index=False, float_format="%.4g"), file=sys.stderr)
     print(f"{summary(df)}\nomitted (Appendix F): {', '.join(skipped) or 'none'}", file=sys.stderr)
     print(f"wrote {csv} and {png}", file=sys.stderr)
-    return df
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

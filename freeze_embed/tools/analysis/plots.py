@@ -12,6 +12,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import pandas as pd
 
+from freeze_embed.errors import run_command
+
 STYLE = {"embed": dict(marker="s", color="red", label="embed"),
          "head": dict(marker="^", color="green", label="head"),
          "middle": dict(marker="o", color="black", label="middle layers")}
@@ -51,7 +53,7 @@ def plot_grad_norms(tables: Mapping[str, Union[str, pd.DataFrame]], variants: Se
     return fig
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Plot one or more grad_norms.csv files like Figure 2.")
     parser.add_argument("csvs", nargs="+")
     parser.add_argument("--labels", nargs="*", help="one per CSV (default: the CSV's directory name)")
@@ -63,7 +65,8 @@ def main(argv=None) -> None:
         parser.error("give one label per CSV")
     plot_grad_norms(dict(zip(labels, args.csvs)), args.variants, out=args.out)
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

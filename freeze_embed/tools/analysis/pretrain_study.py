@@ -158,7 +158,7 @@ def timing(out: Path) -> str:
             + f"| total | | {total[0]:.0f} | {total[1]:.0f} ({total[1] / 60:.1f} CPU-minutes) |\n")
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/pretrain_study", help="runs, checkpoints, logs")
     parser.add_argument("--docs", default="docs/studies/pretrain_study", help="where results.md and grad_norms.png go")
@@ -179,7 +179,7 @@ def main(argv=None) -> None:
                           out / "finetune" / key / m / f"lr{lr:g}_seed{s}" / "results.json",
                           lambda: finetune(out, key, m, lr, s))
     if set(args.models) != set(PRETRAINED) or set(args.methods) != set(METHODS):
-        return
+        return 0
     from freeze_embed.tools.analysis.plots import plot_grad_norms
     docs.mkdir(parents=True, exist_ok=True)
     plot_grad_norms({label: str(out / "grad_norms" / k / "grad_norms.csv") for k, (_, label) in PRETRAINED.items()},
@@ -188,7 +188,9 @@ def main(argv=None) -> None:
         f.write(tables(out, args.seeds) + "\n**Time** (2-core machine shared with other jobs, so wall time is not "
                 "CPU time):\n\n" + timing(out))
     print((docs / "results.md").read_text())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from freeze_embed.errors import run_command
+    raise SystemExit(run_command(main))

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from freeze_embed.errors import FreezeEmbedError
+from freeze_embed.errors import FreezeEmbedError, run_command
 from freeze_embed.files import atomic_write
 
 GAMMA = 0.01  # Cui et al. (2018): similarity = exp(-gamma * EMD), DomainSimilarityDemo.ipynb
@@ -164,8 +164,7 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    from freeze_embed.errors import exit_on_user_error
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.tools.analysis.similarity",
                                      description=__doc__.split("\n")[0], allow_abbrev=False,
                                      epilog="Other arguments are overrides for every data config.")
@@ -179,8 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--image_size", type=int, default=224, help="input size for folders of images")
     parser.add_argument("--out", default=None, help="write the table here (.csv) and a bar plot next to it (.png)")
     args, rest = parser.parse_known_args(argv)
-    rows = exit_on_user_error(run, args.backbone, args.source, args.target, rest, args.gamma, args.min_source_images,
-                              args.max_images, args.batch_size, args.image_size)
+    rows = run(args.backbone, args.source, args.target, rest, args.gamma, args.min_source_images, args.max_images,
+               args.batch_size, args.image_size)
     print(f"source: {args.source}")
     for r in rows:
         print(f"  {r['target']:<40} EMD {r['emd']:9.4f}   similarity {r['similarity']:.4f}")
@@ -191,7 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             writer.writerows(rows)
         plot(rows, os.path.splitext(args.out)[0] + ".png")
         print(f"Wrote {args.out} and {os.path.splitext(args.out)[0] + '.png'}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))
