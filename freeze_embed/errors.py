@@ -28,19 +28,30 @@ def user_error(err: Optional[BaseException]) -> Optional[FreezeEmbedError]:
     return err
 
 
+def _print_user_error(err: Exception) -> bool:
+    """Print the user's error behind ``err`` as one sentence; False if there is none (a bug: let it raise)."""
+    cause = user_error(err)
+    if cause is not None:
+        print(f"error: {cause}", file=sys.stderr)
+    return cause is not None
+
+
 def exit_on_user_error(fn, *args):
     """``fn(*args)``; a user's error (a FreezeEmbedError, wrapped or not) ends the program with its one sentence."""
     try:
         return fn(*args)
     except Exception as err:  # noqa: BLE001 - only the user's errors become one sentence; the rest re-raise
-        cause = user_error(err)
-        if cause is None:
+        if not _print_user_error(err):
             raise
-        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
 
 
 def run_command(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
-    """Run a command's ``main``: its status (None counts as 0), 2 with one sentence for a user's error."""
-    status = exit_on_user_error(main, argv)
+    """Run a command's ``main``: its status (None counts as 0), or 2 after one sentence for a user's error."""
+    try:
+        status = main(argv)
+    except Exception as err:  # noqa: BLE001 - only the user's errors become one sentence; the rest re-raise
+        if not _print_user_error(err):
+            raise
+        return 2
     return 0 if status is None else int(status)

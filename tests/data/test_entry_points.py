@@ -69,10 +69,9 @@ def test_describe_command_line(waterbirds_dro):
 def test_describe_missing_root_is_one_line(capsys):
     from freeze_embed.errors import run_command
     from freeze_embed.tools.describe import main
-    with pytest.raises(SystemExit) as exit_:
-        run_command(main, ["--config", "configs/data/waterbirds.yaml", "--data.root", "/no/such/dir", "--json"])
+    status = run_command(main, ["--config", "configs/data/waterbirds.yaml", "--data.root", "/no/such/dir", "--json"])
     out = capsys.readouterr()
-    assert exit_.value.code == 2 and out.out == ""
+    assert status == 2 and out.out == ""
     assert out.err.startswith("error: Waterbirds data not found at '/no/such/dir': expected ")
     assert out.err.count("\n") == 1 and "download: true" in out.err
 
