@@ -137,10 +137,10 @@ def test_data_throughput_normalises_with_the_backbones_statistics(monkeypatch, t
     from freeze_embed.tools.bench import data_throughput
     seen = []
     monkeypatch.setattr(data_throughput, "measure", lambda dm, passes: seen.append(dm) or (1.0, 1))
-    monkeypatch.setattr(data_throughput, "synthetic_imagenet", lambda root, per_class: None)
     data_throughput.main(["--config", str(ROOT / "configs/data/living17.yaml"), "--config",
                           str(ROOT / "configs/backbone/clip_vit_b16.yaml"), "--data.root", str(tmp_path)])
-    data_throughput.main([])  # the synthetic default: the data config's own (ViT-B/16 ImageNet-21k) statistics
+    data_throughput.main(["--config", str(ROOT / "configs/data/living17.yaml"), "--data.root", str(tmp_path)])
+    # alone, the data config's own (ViT-B/16 ImageNet-21k) statistics
     import open_clip
     assert seen[0].mean == tuple(open_clip.OPENAI_DATASET_MEAN) and seen[0].batch_size == 64
     assert seen[1].mean == (0.5, 0.5, 0.5)  # augreg_in21k's own, not ImageNet's (0.485, 0.456, 0.406)

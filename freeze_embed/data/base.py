@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from freeze_embed.backbones import normalization
+from freeze_embed.data.images import ImageSamples
 from freeze_embed.paper import SELECTION_METRIC
 from freeze_embed.run.values import at_least
 
@@ -52,6 +53,9 @@ class ShiftDataModule(L.LightningDataModule):
         download: fetch the data into ``root`` when it is missing (needs internet).
         backbone_kwargs: the backbone's constructor arguments (linked from ``model.backbone_kwargs``): a dataset
             preprocessed as the backbone was (``ImageFolders``) reads its input size from them.
+        decode_min_side: decode JPEGs at a reduced scale whose shorter side is still at least this (libjpeg's 1/2,
+            1/4, 1/8), for images much larger than the model's input; None (the paper's) decodes in full. Pixels
+            differ slightly from a full decode: :func:`freeze_embed.data.images.load_rgb`.
     """
 
     num_classes: int = 0
@@ -70,10 +74,12 @@ class ShiftDataModule(L.LightningDataModule):
 
     def __init__(self, root: Optional[str] = None, batch_size: int = 64, num_workers: int = 2,
                  backbone: Optional[str] = None, download: bool = False,
-                 backbone_kwargs: Optional[dict[str, Any]] = None):
+                 backbone_kwargs: Optional[dict[str, Any]] = None, decode_min_side: Optional[int] = None):
         super().__init__()
         at_least("data.init_args.batch_size", batch_size, 1, "give the per-process batch size, e.g. 64")
         at_least("data.init_args.num_workers", num_workers, 0, "0 loads data in the training process")
+        at_least("data.init_args.decode_min_side", decode_min_side, 1, "e.g. 256, or null to decode in full")
+        self.decode_min_side = decode_min_side
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.backbone, self.download, self.backbone_kwargs = backbone, download, backbone_kwargs
         # ``root`` stays as given (errors quote it); every path on disk is built from ``root_dir``
@@ -108,7 +114,10 @@ class ShiftDataModule(L.LightningDataModule):
     def split(self, name: str, train: bool = False) -> Dataset:
         key = f"{name}|{'train' if train else 'eval'}"
         if key not in self._splits:
-            self._splits[key] = self.make_split(name, train)
+            dataset = self.make_split(name, train)
+            if isinstance(dataset, ImageSamples):
+                dataset.decode_min_side = self.decode_min_side
+            self._splits[key] = dataset
         return self._splits[key]
 
     def setup(self, stage: Optional[str] = None) -> None:

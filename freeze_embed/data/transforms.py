@@ -8,14 +8,27 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 BICUBIC = T.InterpolationMode.BICUBIC
 SIZE = 224
 
 
+class Contiguous(T.Transform):
+    """ToImage's tensor is a channel-strided view of PIL's HWC pixels; on a contiguous CHW copy the float conversion
+    and normalisation that follow take about half the time (the loader's images/s per worker: 1.1-1.3x), with the
+    same values."""
+
+    _transformed_types = (torch.Tensor,)
+
+    def transform(self, inpt, params):
+        out = inpt.contiguous()
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
 def _to_input(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))]
+    return [T.ToImage(), Contiguous(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(mean), list(std))]
 
 
 def _pair(train: list, test: list, mean, std) -> tuple[Callable, Callable]:

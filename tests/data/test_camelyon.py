@@ -37,7 +37,7 @@ def test_resize_bilinear_to_224_and_flip(dm):
     assert isinstance(resize, T.Resize) and resize.size == [224, 224]
     assert interpolation(resize) == "bilinear"
     assert isinstance(train_tf.transforms[1], T.RandomHorizontalFlip)
-    assert [type(t).__name__ for t in test_tf.transforms] == ["Resize", "ToImage", "ToDtype", "Normalize"]
+    assert [type(t).__name__ for t in test_tf.transforms] == ["Resize", "ToImage", "Contiguous", "ToDtype", "Normalize"]
     a, b = dm.split("id_val")[0][0], dm.split("id_val")[0][0]
     torch.testing.assert_close(a, b)  # no augmentation at test time
 

@@ -38,7 +38,7 @@ def test_splits_and_labels_from_the_files(dm):
 def test_transforms(dm):
     train_tf = dm.split("train", train=True).transform
     names = [type(t).__name__ for t in train_tf.transforms]
-    assert names == ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToImage", "ToDtype", "Normalize"]
+    assert names == ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToImage", "Contiguous", "ToDtype", "Normalize"]
     assert train_tf.transforms[0].size == [256, 256] and interpolation(train_tf.transforms[0]) == "bicubic"
     test_tf = dm.split("id_val").transform
     assert test_tf.transforms[0].size == [224, 224] and interpolation(test_tf.transforms[0]) == "bicubic"

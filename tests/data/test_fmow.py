@@ -42,9 +42,10 @@ def test_transform_keeps_224_and_flips_only(dm):
     x, y, g = dm.split("ood_test")[0]
     assert x.shape == (3, 224, 224) and (y, g) == (0, 2)
     train_tf = dm.split("train", train=True).transform
-    assert [type(t).__name__ for t in train_tf.transforms] == ["RandomHorizontalFlip", "ToImage", "ToDtype",
-                                                               "Normalize"]
-    assert [type(t).__name__ for t in dm.split("id_val").transform.transforms] == ["ToImage", "ToDtype", "Normalize"]
+    assert [type(t).__name__ for t in train_tf.transforms] == ["RandomHorizontalFlip", "ToImage", "Contiguous",
+                                                               "ToDtype", "Normalize"]
+    assert [type(t).__name__ for t in dm.split("id_val").transform.transforms] == ["ToImage", "Contiguous",
+                                                                                   "ToDtype", "Normalize"]
 
 
 def test_africa_and_worst_region_on_hand_predictions(dm):
