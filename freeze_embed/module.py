@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from freeze_embed.anatomy import resolve_anatomy
 from freeze_embed.backbones import create_backbone
 from freeze_embed.data.preprocess import resolve_preprocess
-from freeze_embed import in_backward, zeroshot
+from freeze_embed import acceleration, in_backward, zeroshot
 from freeze_embed.metrics import GroupAccuracy, metrics_for
 from freeze_embed.run.rng import ResumedRNG, rng_states
 from freeze_embed.optim import (SGD, Group, build_optimizer, cosine_factor, group_names, no_weight_decay_names,
@@ -60,6 +60,9 @@ class FineTuner(L.LightningModule):
         no_weight_decay: parameters the optimizer's weight decay skips, by kind (``optim.NO_WEIGHT_DECAY``):
             ``norms_and_biases`` (every tensor of at most one dimension), ``tokens`` (class/position tokens). Empty
             (default): all decay, as the authors ran every method; MAE's recipe exempts both.
+        compile: ``torch.compile`` the backbone and head (``true``, or a dict of its arguments), in place
+            (:mod:`freeze_embed.acceleration` says what recompiles when).
+        channels_last: convolutional backbones and their input batches in channels-last memory format.
     """
 
     def __init__(self, backbone: str = "timm:vit_base_patch16_224.augreg_in21k",
@@ -69,9 +72,11 @@ class FineTuner(L.LightningModule):
                  grad_checkpointing: bool = False,
                  lr_schedule: Literal["cosine_per_step", "cosine_per_epoch"] = "cosine_per_step",
                  optimizer_in_backward: bool = False, head_init: Literal["random", "zeroshot"] = "random",
-                 trust_pickle: bool = False, no_weight_decay: Sequence[str] = ()):
+                 trust_pickle: bool = False, no_weight_decay: Sequence[str] = (),
+                 compile: Union[bool, dict] = False, channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["strategy", "optimizer"])
+        acceleration.compile_options(compile)  # a bad value fails before the backbone is built
         if head_init == "zeroshot":
             zeroshot.check_backbone(backbone)  # before any download
         built = create_backbone(backbone, pretrained, trust_pickle=trust_pickle, **(backbone_kwargs or {}))
@@ -154,6 +159,7 @@ class FineTuner(L.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
+        acceleration.accelerate(self)  # under a trainer only: a checkpoint loaded for prediction is not compiled
         dm = self.trainer.datamodule
         if dm is None:  # plain dataloaders (the speed benchmark): one evaluation set, plain accuracy
             self.eval_names, metrics = ["val"], {"val": GroupAccuracy()}

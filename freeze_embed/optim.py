@@ -4,6 +4,7 @@ Appendix A: "all the default options for SGD and AdamW in pytorch except SGD mom
 and weight decay 0; AdamW has weight decay 0.01, betas (0.9, 0.999), eps 1e-8. The LR decays from its base value to
 0 with a cosine over all training steps, stepped per batch. LARS and LAMB come from ``torch_optimizer`` (as the
 authors ran them) or ``timm.optim`` (``configs/method/``), and any other torch optimizer is named by ``class_path``.
+Every optimizer steps with the fastest kernel PyTorch has for where its parameters are (:func:`choose_kernel`).
 """
 from __future__ import annotations
 
@@ -22,21 +23,23 @@ NO_WEIGHT_DECAY = ("norms_and_biases", "tokens")
 class SGD(torch.optim.SGD):
     """``torch.optim.SGD`` with the paper's momentum 0.9 (``momentum: 0`` gives "SGD (no momentum)").
 
-    The default LR is the middle of the paper's SGD grid [3e-5 .. 1e-2].
+    The default LR is the middle of the paper's SGD grid [3e-5 .. 1e-2]. ``foreach``/``fused`` left None: the
+    fastest kernel where the parameters are (:func:`use_fast_kernels`); set either to choose yourself.
     """
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False):
+                 weight_decay: float = 0.0, nesterov: bool = False, foreach: Optional[bool] = None,
+                 fused: Optional[bool] = None):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                         nesterov=nesterov)
+                         nesterov=nesterov, foreach=foreach, fused=fused)
 
 
 class AdamW(torch.optim.AdamW):
     """``torch.optim.AdamW`` with the paper's values; default LR is the middle of its AdamW grid [3e-7 .. 1e-4]."""
 
     def __init__(self, params, lr: float = 1e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+                 weight_decay: float = 0.01, foreach: Optional[bool] = None, fused: Optional[bool] = None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused)
 
 
 class NoWeightDecayError(FreezeEmbedError, ValueError):
@@ -94,12 +97,62 @@ def param_groups(named_params: dict[str, nn.Parameter], plan: dict[str, float], 
 
 
 def build_optimizer(factory: Callable[[Iterable], torch.optim.Optimizer], groups: list[dict]) -> torch.optim.Optimizer:
-    """Instantiate ``factory`` on ``groups`` and set each group's LR to base LR x ``lr_scale``."""
+    """Instantiate ``factory`` on ``groups``, set each group's LR to base LR x ``lr_scale`` and let it pick its
+    kernel at each step (:func:`use_fast_kernels`)."""
     optimizer = factory(groups)
     base_lr = optimizer.defaults["lr"]
     for group in optimizer.param_groups:
         group["lr"] = base_lr * group.get("lr_scale", 1.0)
+    use_fast_kernels(optimizer)
     return optimizer
+
+
+FUSED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)  # one fused CUDA kernel per step (torch >= 2.4)
+FAST_DEVICES = ("cuda",)  # where fused/foreach pay; on CPU the for-loop is torch's own choice
+
+
+def choose_kernel(optimizer_class: type, device_types: Collection[str], floating: bool = True) -> Optional[str]:
+    """``"fused"``, ``"foreach"`` or None (torch's default, the for-loop on CPU) for a group whose parameters are on
+    ``device_types``. Fused updates every tensor of a group in one kernel launch, also a single tensor (the step in
+    backward), where foreach gains nothing over the for-loop."""
+    if not device_types or not set(device_types) <= set(FAST_DEVICES):
+        return None
+    return "fused" if issubclass(optimizer_class, FUSED) and floating else "foreach"
+
+
+def use_fast_kernels(optimizer: torch.optim.Optimizer) -> None:
+    """Set each group's ``fused``/``foreach`` before every step from where its parameters are then: an optimizer is
+    built before Lightning moves the model (in backward) and a checkpoint may resume on another device. Only groups
+    that left both to torch (None) and optimizers that have the keys are touched; an explicit choice stands."""
+    if not any(c.__module__.startswith("torch.optim.") and c is not torch.optim.Optimizer
+               for c in type(optimizer).__mro__):
+        return  # another library's optimizer may give "foreach" other meanings: its own defaults stand
+    auto = [i for i, g in enumerate(optimizer.param_groups)
+            if "foreach" in g and g.get("foreach") is None and g.get("fused", None) is None
+            and not g.get("differentiable", False)]
+    if not auto:
+        return
+    fused_key = "fused" in optimizer.param_groups[auto[0]]
+
+    def choose(opt, args, kwargs):
+        for i in auto:
+            group = opt.param_groups[i]
+            params = group["params"]
+            kernel = choose_kernel(type(opt), {p.device.type for p in params},
+                                   all(torch.is_floating_point(p) and not p.is_sparse for p in params))
+            if kernel == "fused" and not fused_key:
+                kernel = "foreach"
+            if kernel == "fused" and not group.get("fused"):
+                for p in params:  # Adam's step count lives on the host unless fused: a resumed state moves
+                    step = opt.state.get(p, {}).get("step")
+                    if torch.is_tensor(step) and step.device != p.device:
+                        opt.state[p]["step"] = step.to(p.device, torch.float32)
+            if fused_key:
+                group["fused"] = True if kernel == "fused" else None
+            group["foreach"] = True if kernel == "foreach" else None
+        return None
+
+    optimizer.register_step_pre_hook(choose)
 
 
 def cosine_factor(step: int, total_steps: int) -> float:
