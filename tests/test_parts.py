@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from freeze_embed.errors import run_command
 from freeze_embed.tools.parts import main
 
 
@@ -41,9 +42,9 @@ def test_user_strategy_by_dotted_path(capsys):
 
 
 def test_bad_input_is_one_line(capsys):
-    assert main(["timm:no_such_model"]) == 2
+    assert run_command(main, ["timm:no_such_model"]) == 2
     assert capsys.readouterr().err.strip() == "error: Unknown backbone 'timm:no_such_model': the library has no model named 'no_such_model'."
-    assert main(["timm:vit_tiny_patch16_224", "--strategy", "NotAStrategy"]) == 2
+    assert run_command(main, ["timm:vit_tiny_patch16_224", "--strategy", "NotAStrategy"]) == 2
     assert "is not a Strategy class" in capsys.readouterr().err
 
 
