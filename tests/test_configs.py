@@ -50,8 +50,9 @@ def test_method_file_replaces_the_demo_method_and_sweeps_its_own_lr(stem):
     if token:
         assert optimizer["class_path"].rpartition(".")[2].lower() == token
     names = strategies(cfg["model"]["strategy"])
-    for word, strategy in (("freeze_embed", "FreezeEmbed"), ("lp_ft", "LPFT"), ("l2sp", "L2SP")):
-        assert (word in stem) == (strategy in names), (word, names)
+    for word, strategy in (("freeze_", "FreezeEmbed"), ("lp_ft", "LPFT"), ("l2sp", "L2SP"),
+                           ("layer_decay", "LayerDecay"), ("gradual", "GradualUnfreeze"), ("surgical", "TrainBlocks")):
+        assert (word in stem) == (strategy in names), (word, names)  # what the name promises trains
     family, lrs = resolve_lrs(["paper"], cfg)
     assert lrs == cfg["method"]["lr_grid"]  # the sweep runs the grid the method file states
     lr = optimizer["init_args"]["lr"]

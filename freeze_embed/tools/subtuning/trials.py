@@ -59,11 +59,11 @@ def strategy_args(subset: Sequence[int], embed_blocks: bool = False) -> dict:
 def count_blocks(config: dict, embed_blocks: bool = False) -> int:
     """The number of candidate blocks of the config's backbone (the anatomy's, plus the embedding's with
     ``embed_blocks``): built with random weights, so nothing downloads."""
-    from freeze_embed.tools.parts import build_module
+    from freeze_embed.run.methods import build_module
     model = config["model"]
     keep = ("backbone_kwargs", "embed", "embed_tokens", "num_classes")
-    module = build_module(model["backbone"], None, {}, pretrained=False,
-                          **{k: model[k] for k in keep if model.get(k) is not None})
+    module = build_module(None, model["backbone"], pretrained=False,
+                          **{k: model[k] for k in keep if model.get(k) is not None})[0]
     return len(module.anatomy.blocks) + (len(module.anatomy.embed_blocks) if embed_blocks else 0)
 
 
