@@ -65,7 +65,8 @@ class _CLI(FreezeEmbedCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            raise ConfigError(f"train.py cannot parse {shlex.join(args)}: {one_line(err, 600)}") from err
+            given = args[1:] if args[:1] == ["fit"] else args
+            raise ConfigError(f"train.py cannot parse {shlex.join(given)}: {one_line(err, 600)}") from err
         self.parsed = self.config.clone()
         if not self.build:  # nothing runs, so nothing is seeded (and Lightning logs no "Seed set")
             key = self.config.get("subcommand")
