@@ -3,7 +3,8 @@
 * :func:`atomic_write`: write to a temporary file in the same folder, flush and fsync, then ``os.replace`` it onto
   the target, so at every instant the target is either the previous good file or the new complete one (a kill, a
   preemption or a full disk in the middle leaves the previous file).
-* :func:`write_json`: results files as strict JSON (a non-finite number becomes ``null``), written atomically.
+* :func:`write_json`: results files as strict JSON (a non-finite number becomes ``null``), written atomically;
+  :func:`read_json` reads them back, strictly.
 * :func:`load_torch`: ``torch.load(weights_only=True)``; a file that needs arbitrary pickle is refused in one sentence
   naming the file and the opt-in (``trust_pickle``) for files the user trusts.
 * :func:`load_state_dict`: a weights file (``.safetensors``, or a torch file read as above) as a ``{name: tensor}``.
@@ -80,6 +81,15 @@ def write_json(path: str | os.PathLike, obj: Any, indent: Optional[int] = 2) -> 
     with atomic_write(path, "w") as f:
         f.write(text + "\n")
 
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A file :func:`write_json` wrote: strict JSON (a NaN or Infinity in it is refused, as write_json never writes
+    one)."""
+    def refuse(constant: str):
+        raise UnreadableFileError(f"'{os.fspath(path)}' is not strict JSON (it holds {constant}).")
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
 
 MODEL_OPT_IN = "--model.trust_pickle true (or trust_pickle=True)"
 PICKLE_ERRORS = (pickle.UnpicklingError,)  # what torch.load(weights_only=True) raises for a file that needs full pickle

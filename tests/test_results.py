@@ -96,7 +96,7 @@ def test_cli_finds_summaries_below_dirs(tmp_path, capsys):
     results.main([str(tmp_path / "sweeps"), "--format", "markdown"])
     out = capsys.readouterr().out
     assert "| SGD (freeze-embed) | 98.2 | 97.8 ± 0.1 | 98.0 |" in out
-    with pytest.raises(SystemExit):
+    with pytest.raises(results.ResultsError, match="no sweep summaries"):
         results.main([str(tmp_path / "empty")])
 
 
@@ -156,5 +156,5 @@ def test_momentum_plot_one_line_per_momentum(tmp_path, capsys):
     assert id_ax.get_xscale() == "log" and [line.get_label() for line in lines] == ["momentum 0", "momentum 0.9"]
     x, y = lines[1].get_data()
     assert list(x) == [0.01, 0.1] and list(y) == pytest.approx([65.0, 75.0])
-    with pytest.raises(SystemExit, match="add --momentum"):
+    with pytest.raises(results.ResultsError, match="add --momentum"):
         results.main([str(d), "--plot", str(png)])

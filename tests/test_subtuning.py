@@ -258,8 +258,8 @@ def test_bad_inputs_say_one_sentence(tmp_path, monkeypatch, demo_config, capsys)
     cfg = json.loads(json.dumps(demo_config))
     del cfg["model"]["optimizer"]["init_args"]["lr"]
     monkeypatch.setattr(command, "compose", lambda configs, overrides=(): cfg)
-    assert command.main(["--config", "x.yaml", "--out", str(tmp_path)]) == 2
-    assert "no model.optimizer.init_args.lr" in capsys.readouterr().err
+    with pytest.raises(SearchError, match="no model.optimizer.init_args.lr"):
+        command.main(["--config", "x.yaml", "--out", str(tmp_path)])
 
 
 def test_count_blocks_builds_the_backbone_without_weights(demo_config):
@@ -322,7 +322,8 @@ def test_folds_score_each_subset_by_the_mean_over_held_out_folds(tmp_path, monke
                                                                   ("0", pytest.approx(0.6))]
     assert rows[0]["metric"] == "fold_val/acc"
     assert yaml.safe_load((out / "strategy.yaml").read_text())["model"]["strategy"]["init_args"]["blocks"] == [1, 3]
-    assert command.main(["--config", "demo.yaml", "--out", str(out), "--folds", "1"]) == 2  # one sentence
+    with pytest.raises(SearchError, match="--folds must be 2 or more"):  # one sentence
+        command.main(["--config", "demo.yaml", "--out", str(out), "--folds", "1"])
 
 
 def test_diverged_and_failed_trials_are_no_candidates(tmp_path, monkeypatch, demo_config, capsys):

@@ -218,7 +218,7 @@ def test_one_run_per_visible_gpu(tmp_path, fake_training, monkeypatch):
     monkeypatch.setattr(command, "compose", lambda configs, overrides=(): cfg)
     seen = {}
     real = sweep.launch_local
-    monkeypatch.setattr(command, "launch_local", lambda runs, parallel, gpus: seen.update(p=parallel, g=gpus)
+    monkeypatch.setattr(launchers, "launch_local", lambda runs, parallel, gpus: seen.update(p=parallel, g=gpus)
                         or real(runs, parallel, gpus))
     sweep.main(["--config", "x.yaml", "--lrs", "1e-3", "1e-2", "--seeds", "0", "1", "--out", str(tmp_path / "s")])
     assert seen == {"p": 2, "g": ["0", "1"]}

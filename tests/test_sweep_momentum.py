@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from freeze_embed.errors import run_command
 from freeze_embed.tools import sweep
 from freeze_embed.tools.sweep import Run, command, resolve_lrs
 from freeze_embed.tools.sweep import run as one_run
@@ -90,7 +91,7 @@ def test_momentum_sweep_selects_per_momentum_on_id_val(tmp_path, momentum_traini
 ])
 def test_momentum_sweep_refusals(tmp_path, argv, message, capsys):
     base = ["--config", str(ROOT / "configs/demo.yaml"), "--config", str(ROOT / "configs/method/sgd.yaml")]
-    assert sweep.main(base + argv + ["--out", str(tmp_path / "s"), "--dry_run"]) == 2
+    assert run_command(sweep.main, base + argv + ["--out", str(tmp_path / "s"), "--dry_run"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1  # one sentence
     assert not (tmp_path / "s").exists()

@@ -4,15 +4,17 @@ Every tool that reads the configs goes through here, so ``class_path`` resolutio
 (``model.backbone`` -> the data's normalisation, ``data.num_classes`` -> the head, the dataset's selection metric ->
 the checkpoint) are the same as in training:
 
-* :func:`compose`: the complete ``train.py fit`` config as a dict (``--print_config``; nothing is built);
+* :func:`compose`: the complete ``train.py fit`` config as a dict (what ``--print_config`` shows; nothing is built);
+* :func:`parse`: the parsed and checked config, nothing built;
 * :func:`build`: model, datamodule and trainer instantiated as ``train.py`` would, not run;
-* :func:`parse`: the parsed config, nothing built;
 * :func:`build_data`: only the datamodule (no model is built, no weights downloaded).
+
+The method registry (``configs/method/*.yaml``) and the FineTuner of one method, built here, are
+:mod:`freeze_embed.run.methods`.
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import shlex
 import sys
 from pathlib import Path
@@ -20,12 +22,14 @@ from typing import Sequence
 
 import yaml
 
-from freeze_embed.errors import FreezeEmbedError
-
+from freeze_embed.errors import FreezeEmbedError, one_line
+from freeze_embed.run.cli import FreezeEmbedCLI
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: train.py, configs/
 CONFIGS = REPO / "configs"
 DEMO_CONFIG = CONFIGS / "demo.yaml"
+# Parse errors become a ConfigError here, not jsonargparse's usage text and exit (the subcommand parser has its own).
+_RAISE = {"exit_on_error": False, "fit": {"exit_on_error": False}}
 
 
 class ConfigError(FreezeEmbedError):
@@ -46,51 +50,53 @@ def _quiet_argv():
         sys.argv = argv
 
 
-def compose(configs: Sequence[str], overrides: Sequence[str] = ()) -> dict:
-    """The complete ``train.py fit`` config from the real CLI parser; nothing is built."""
-    from freeze_embed.run.cli import FreezeEmbedCLI
-    args = ["fit", *_args(configs, overrides)]
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with _quiet_argv(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+class _CLI(FreezeEmbedCLI):
+    """``train.py``'s CLI that runs no subcommand and says a parse error in one sentence (ConfigError); with
+    ``build=False`` it stops once the arguments are parsed (and, with ``check``, checked as ``fit`` checks them):
+    nothing is seeded or built. ``parsed``: the config as parsed, before any check."""
+
+    def __init__(self, args: list[str], build: bool = True, check: bool = True):
+        self.build, self.check = build, check
+        with _quiet_argv(), contextlib.redirect_stdout(sys.stderr):  # Lightning's notes: stdout stays the result
+            super().__init__(args=args, run=args[:1] == ["fit"], parser_kwargs=_RAISE)
+
+    def parse_arguments(self, parser, args) -> None:
+        from jsonargparse import ArgumentError
         try:
-            FreezeEmbedCLI(args=args + ["--print_config"])
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    if code or not out.getvalue().strip():
-        lines = err.getvalue().strip().splitlines()
-        why = "\n".join(lines[next((i for i, x in enumerate(lines) if x.startswith("error:")), 0):])
-        raise ConfigError(f"train.py fit cannot parse {shlex.join(args[1:])}:\n{why}")
-    return yaml.safe_load(out.getvalue())
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            given = args[1:] if args[:1] == ["fit"] else args
+            raise ConfigError(f"train.py cannot parse {shlex.join(given)}: {one_line(err, 600)}") from err
+        self.parsed = self.config.clone()
+        if not self.build:  # nothing runs, so nothing is seeded (and Lightning logs no "Seed set")
+            key = self.config.get("subcommand")
+            (self.config[key] if key else self.config)["seed_everything"] = False
+
+    def before_instantiate_classes(self) -> None:
+        if self.check:
+            super().before_instantiate_classes()
+        self.subcommand = None  # LightningCLI runs a subcommand only when there is one
+
+    def instantiate_classes(self) -> None:
+        if self.build:
+            super().instantiate_classes()
 
 
-def build(configs: Sequence[str], overrides: Sequence[str] = ()):
-    """``FreezeEmbedCLI`` with model, datamodule and trainer instantiated as ``train.py`` would, not run.
-
-    Lightning's start-up notes go to stderr, so a command's stdout stays its result (``--json``)."""
-    from freeze_embed.run.cli import FreezeEmbedCLI
-    with _quiet_argv(), contextlib.redirect_stdout(sys.stderr):
-        return FreezeEmbedCLI(args=_args(configs, overrides), run=False)
+def compose(configs: Sequence[str], overrides: Sequence[str] = ()) -> dict:
+    """The complete ``train.py fit`` config from the real CLI parser (``--print_config``'s); nothing is built."""
+    cli = _CLI(["fit", *_args(configs, overrides)], build=False, check=False)
+    return yaml.safe_load(cli.parser.dump(cli.parsed, skip_none=False))["fit"]
 
 
 def parse(configs: Sequence[str], overrides: Sequence[str] = ()):
-    """The parsed config (a jsonargparse Namespace, argument links on parse applied), before anything is built."""
-    from freeze_embed.run.cli import FreezeEmbedCLI
+    """The parsed config (a jsonargparse Namespace, argument links on parse applied, checked as ``fit`` checks it),
+    before anything is built."""
+    return _CLI(_args(configs, overrides), build=False).config
 
-    class Parsed(Exception):
-        pass
 
-    class ParseOnly(FreezeEmbedCLI):
-        def instantiate_classes(self) -> None:
-            raise Parsed(self.config)
-
-    try:  # nothing runs, so nothing is seeded (and Lightning logs no "Seed set")
-        with _quiet_argv(), contextlib.redirect_stdout(sys.stderr):
-            ParseOnly(args=[*_args(configs, overrides), "--seed_everything", "false"], run=False)
-    except Parsed as done:
-        return done.args[0]
-    except SystemExit as exit_:
-        raise ConfigError(f"train.py cannot parse {shlex.join(_args(configs, overrides))} (see above).") from exit_
-    raise AssertionError("LightningCLI instantiated its classes without calling instantiate_classes")
+def build(configs: Sequence[str], overrides: Sequence[str] = ()):
+    """``train.py``'s CLI with model, datamodule and trainer instantiated as ``fit`` would, not run."""
+    return _CLI(_args(configs, overrides))
 
 
 def build_data(configs: Sequence[str], overrides: Sequence[str] = ()):

@@ -12,35 +12,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import yaml
 from torch import nn
 
-from freeze_embed.anatomy import Anatomy, EmbedNotFound
-from freeze_embed.backbones import BackboneError
-from freeze_embed.errors import one_line
+from freeze_embed.anatomy import Anatomy
+from freeze_embed.errors import one_line, run_command
+from freeze_embed.run.methods import ConfigError, build_module
 
 
-def build_module(backbone: str, strategy: Optional[str], strategy_args: dict, **model_args):
-    """The FineTuner, its strategy named as in YAML (``FreezeEmbed`` or a dotted path to a user's subclass) and
-    resolved by jsonargparse, as ``train.py`` resolves ``model.strategy``."""
-    from jsonargparse import ArgumentParser
-    from freeze_embed.module import FineTuner
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(FineTuner, "model", skip={"optimizer"})
-    model = {"backbone": backbone, **model_args}
+def _module(backbone: str, strategy: Optional[str], strategy_args: dict, **model_args):
+    """The FineTuner as ``train.py`` builds it (:func:`~freeze_embed.run.methods.build_module`), its strategy named
+    as in YAML (``FreezeEmbed`` or a dotted path to a user's subclass)."""
     if strategy:
-        model["strategy"] = {"class_path": strategy, "init_args": strategy_args}
+        model_args["strategy"] = {"class_path": strategy, "init_args": strategy_args}
     try:
-        namespace = parser.parse_object({"model": model})
-    except Exception as err:  # noqa: BLE001 - jsonargparse's own message, in one line
-        raise ValueError(f"'{strategy}' is not a Strategy class with those arguments; try one of "
-                         "freeze_embed.strategies.__all__ or a dotted path to your own subclass "
-                         f"({one_line(err)}).") from err
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return instantiate(namespace).model
+        return build_module(None, backbone, **model_args)[0]
+    except ConfigError as err:
+        if not strategy:
+            raise
+        raise ConfigError(f"'{strategy}' is not a Strategy class with those arguments; try one of "
+                          "freeze_embed.strategies.__all__ or a dotted path to your own subclass "
+                          f"({one_line(err.__cause__ or err)}).") from err
 
 
 def _counter(named: dict[str, nn.Parameter]):
@@ -86,7 +80,7 @@ def _print(info: dict, named: dict[str, nn.Parameter], embed_modules: list[str])
         print(f"\n{info['note']}")
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Show embed / blocks / head and per-epoch param groups.")
     parser.add_argument("backbone", help="spec, e.g. timm:vit_base_patch16_224 or open_clip:ViT-B-16:openai")
     parser.add_argument("--strategy", help="class name in freeze_embed.strategies or a dotted path to yours")
@@ -102,17 +96,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     pretrained = {"false": False, "true": True}.get(args.pretrained.lower(), args.pretrained)
-    try:
-        module = build_module(args.backbone, args.strategy, yaml.safe_load(args.strategy_args), pretrained=pretrained,
-                              num_classes=args.num_classes, embed=args.embed, embed_tokens=args.embed_tokens,
-                              backbone_kwargs=yaml.safe_load(args.backbone_kwargs),
-                              no_weight_decay=args.no_weight_decay)
-        named = dict(module.named_parameters())
-        anatomy = module.anatomy
-        info = describe(module, args.strategy is not None, args.epochs)
-    except (BackboneError, EmbedNotFound, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    module = _module(args.backbone, args.strategy, yaml.safe_load(args.strategy_args), pretrained=pretrained,
+                     num_classes=args.num_classes, embed=args.embed, embed_tokens=args.embed_tokens,
+                     backbone_kwargs=yaml.safe_load(args.backbone_kwargs), no_weight_decay=args.no_weight_decay)
+    named = dict(module.named_parameters())
+    anatomy = module.anatomy
+    info = describe(module, args.strategy is not None, args.epochs)
     if args.json:
         info.pop("num_params")
         print(json.dumps(info))
@@ -122,4 +111,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_command(main))

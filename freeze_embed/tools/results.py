@@ -19,13 +19,14 @@ Fine-tuning" (ICLR 2020), compare momenta this way.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import pandas as pd
 
+from freeze_embed.errors import FreezeEmbedError, run_command
+from freeze_embed.files import read_json
 from freeze_embed.paper import DATASETS, MODELS, dataset_name, model_name  # noqa: F401 - the paper's names, re-exported
 
 AVG = "Avg."
@@ -41,7 +42,7 @@ def load_summaries(paths: Iterable[str]) -> list[dict]:
         found += files
     summaries = []
     for f in found:
-        s = json.loads(f.read_text())
+        s = read_json(f)
         s.setdefault("path", str(f))
         summaries.append(s)
     return summaries
@@ -71,8 +72,8 @@ def tables(summaries: list[dict]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]
             if not pd.isna(mean.loc[row, s["dataset"]]):
                 print(f"warning: two summaries for {row} on {s['dataset']}; using {s.get('path')}", file=sys.stderr)
             stats = s.get(metric) or {}
-            mean.loc[row, s["dataset"]] = _pct(stats.get("mean"))
-            ci.loc[row, s["dataset"]] = _pct(stats.get("ci90"))
+            mean.loc[row, s["dataset"]] = _percent(stats.get("mean"))
+            ci.loc[row, s["dataset"]] = _percent(stats.get("ci90"))
         if len(datasets) > 1:
             complete = mean[datasets].notna().all(axis=1)
             mean[AVG] = mean[datasets].mean(axis=1).where(complete)
@@ -83,7 +84,8 @@ def tables(summaries: list[dict]) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]
     return out
 
 
-def _pct(x: Optional[float]) -> float:
+def _percent(x: Optional[float]) -> float:
+    """A fraction as a number in percent (NaN for none), for the tables' arithmetic; printing formats it later."""
     return float("nan") if x is None else 100.0 * float(x)
 
 
@@ -192,7 +194,7 @@ def momentum_table(summaries: list[dict]) -> pd.DataFrame:
                        + (f" ({p['n_diverged']} diverged)" if p.get("n_diverged") else ""),
                        "chosen": p["lr"] == m["chosen_lr"]}
                 for key, name in (("id_val", "ID val"), ("id", "ID"), ("ood", "OOD")):
-                    row[name], row[f"{name} CI"] = _pct(p[key]["mean"]), _pct(p[key]["ci90"])
+                    row[name], row[f"{name} CI"] = _percent(p[key]["mean"]), _percent(p[key]["ci90"])
                 rows.append(row)
     if not rows:
         raise ValueError("no momentum sweep among these summaries: run python -m freeze_embed.tools.sweep ... --momenta "
@@ -245,7 +247,11 @@ def plot_momentum(table: pd.DataFrame, out: Optional[str] = None):
     return fig
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+class ResultsError(FreezeEmbedError):
+    """Nothing to tabulate, or options that do not go together; the message says which."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m freeze_embed.tools.results", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="sweep directories (searched for summary.json) or summary files")
     parser.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown",
@@ -256,23 +262,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     summaries = load_summaries(args.paths)
     if not summaries:
-        sys.exit("error: no sweep summaries found; run python -m freeze_embed.tools.sweep first")
+        raise ResultsError("no sweep summaries found; run python -m freeze_embed.tools.sweep first")
     if args.plot and not args.momentum:
-        sys.exit("error: --plot draws momentum sweeps; add --momentum")
+        raise ResultsError("--plot draws momentum sweeps; add --momentum")
     if not args.momentum:
         print(render(summaries, args.format))
-        return
+        return 0
     try:
         table = momentum_table(summaries)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        raise ResultsError(str(err)) from err
     if args.format == "latex":
-        sys.exit("error: --momentum prints markdown or csv")
+        raise ResultsError("--momentum prints markdown or csv")
     print(table.round(2).to_csv(index=False) if args.format == "csv" else momentum_markdown(table))
     if args.plot:
         plot_momentum(table, args.plot)
         print(f"\nFigure written to {args.plot}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main))

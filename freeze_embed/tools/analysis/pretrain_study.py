@@ -28,6 +28,7 @@ import pandas as pd
 from freeze_embed.run.config import CONFIGS, DEMO_CONFIG
 from freeze_embed.files import atomic_write, write_json
 from freeze_embed.paper import Z90
+from freeze_embed.run.results import RunResults
 
 PRETRAINED = {  # key -> (config, label)
     "sgd": ("demo_resnet_sgd.yaml", "SGD-pretrained"),
@@ -96,20 +97,20 @@ def ratios(csv: Path) -> dict[str, float]:
             for c in ("G", "G_over_param_norm", "G_over_sqrt_numel")}
 
 
-def selected(out: Path, key: str, method: str, seeds: list[int]) -> tuple[float, list[dict]]:
-    """(LR, each seed's ``best`` results) at the LR with the highest mean ID validation accuracy."""
-    runs = {lr: [json.loads((out / "finetune" / key / method / f"lr{lr:g}_seed{s}" / "results.json").read_text())
-                 for s in seeds] for lr in METHODS[method][1]}
-    score = {lr: sum(r["best"]["best/" + r["selection_metric"]] for r in rs) / len(rs) for lr, rs in runs.items()}
+def selected(out: Path, key: str, method: str, seeds: list[int]) -> tuple[float, list[RunResults]]:
+    """(LR, each seed's results) at the LR with the highest mean ID validation accuracy."""
+    runs = {lr: [RunResults.read(out / "finetune" / key / method / f"lr{lr:g}_seed{s}") for s in seeds]
+            for lr in METHODS[method][1]}
+    score = {lr: sum(r.selection() for r in rs) / len(rs) for lr, rs in runs.items()}
     lr = max(score, key=score.get)
-    return lr, [r["best"] for r in runs[lr]]
+    return lr, runs[lr]
 
 
 def tables(out: Path, seeds: list[int]) -> str:
     """Tables 13 (OOD) and 14 (ID), the gradient-norm ratios and the pretraining accuracy, as markdown."""
     lines = []
-    for title, key in (("OOD accuracy (ood_test), as Table 13", "best/paper/ood"),
-                       ("ID accuracy (id_test), as Table 14", "best/paper/id")):
+    for title, key in (("OOD accuracy (ood_test), as Table 13", "paper/ood"),
+                       ("ID accuracy (id_test), as Table 14", "paper/id")):
         lines += [f"**{title}**, mean ± 90% CI over seeds {seeds} (chosen LR):", "",
                   "| pretrained model | " + " | ".join(m for m, _ in METHODS.values()) + " |",
                   "|:--|" + "--:|" * len(METHODS)]
@@ -117,7 +118,7 @@ def tables(out: Path, seeds: list[int]) -> str:
             cells = []
             for m in METHODS:
                 lr, best = selected(out, k, m, seeds)
-                cells.append(f"{_pm([b[key] for b in best])} ({lr:g})")
+                cells.append(f"{_pm([b.value(key) for b in best])} ({lr:g})")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["**The embedding's gradient at the pretrained initialisation** (eq. 3.1 on the demo shift, 31 batches "

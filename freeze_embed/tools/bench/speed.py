@@ -48,10 +48,8 @@ def _loader(batch: int, n_batches: int, image_size: int, num_classes: int):
 
 def build_module(method: str, backbone: str, backbone_kwargs: dict, num_classes: int, model_args=None):
     """The benchmarks' one use of the methods registry: (FineTuner, optimizer, name) as ``fit`` sets them up."""
-    if model_args:  # e.g. compile / channels_last, as ``--model.<key>`` of train.py
-        return registry.build_module(method, backbone, backbone_kwargs, num_classes=num_classes,
-                                     model_args=model_args)
-    return registry.build_module(method, backbone, backbone_kwargs, num_classes=num_classes)
+    # model_args: e.g. compile / channels_last, as ``--model.<key>`` of train.py
+    return registry.build_module(method, backbone, backbone_kwargs, num_classes=num_classes, **(model_args or {}))
 
 
 def bare_loop(module, optimizer, loader, device, precision: str, epochs: int = 1):

@@ -1,6 +1,5 @@
 """``python -m freeze_embed.tools.subtuning``: see :mod:`freeze_embed.tools.subtuning.command`."""
-import sys
-
+from freeze_embed.errors import run_command
 from freeze_embed.tools.subtuning.command import main
 
-sys.exit(main())
+raise SystemExit(run_command(main))

@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 
 import yaml
 
-from freeze_embed.run.config import ConfigError, compose
+from freeze_embed.run.config import compose
 from freeze_embed.files import atomic_write
-from freeze_embed.tools.sweep.launchers import add_slurm_arguments
+from freeze_embed.tools.sweep.launchers import add_launch_arguments
 from freeze_embed.tools.sweep.plan import record_config
 from freeze_embed.tools.subtuning.profile import plot_profile
 from freeze_embed.tools.subtuning.search import STARTS, SearchError, SearchResult, Trial, greedy_search, subset_name
@@ -47,11 +47,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
     p.add_argument("--profile_only", action="store_true",
                    help="train each single block, head only and all blocks; write profile.png and profile.csv, no "
                         "search (in a search's DIR, it trains only what the search has not)")
-    p.add_argument("--launcher", choices=["local", "slurm", "debug"], default="local",
-                   help="local subprocesses, SLURM jobs through submitit, or submitit's in-process debug executor")
-    p.add_argument("--parallel", type=int, help="local trials at once (default: one per visible GPU, else 1)")
-    p.add_argument("--group", help="W&B group of the trials (default: from --out)")
-    add_slurm_arguments(p)
+    add_launch_arguments(p, "trials")
     return p.parse_known_args(argv)
 
 
@@ -89,17 +85,12 @@ def _printer(log: SearchLog):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
     out = Path(args.out)
-    try:
-        config = compose(args.config, overrides)
-        num_blocks = count_blocks(config, args.include_embed_blocks)
-        runner = TrialRunner(config, out, args.launcher, args.parallel, args, args.group or "-".join(out.parts[-3:]),
-                             wait=not args.no_wait, folds=args.folds, score=args.score,
-                             embed_blocks=args.include_embed_blocks)
-        if args.max_blocks is not None and not 0 <= args.max_blocks:
-            raise SearchError(f"--max_blocks must be 0 or more, not {args.max_blocks}.")
-    except (ConfigError, SearchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = compose(args.config, overrides)
+    num_blocks = count_blocks(config, args.include_embed_blocks)
+    runner = TrialRunner(config, out, args, args.group or "-".join(out.parts[-3:]), folds=args.folds,
+                         score=args.score, embed_blocks=args.include_embed_blocks)
+    if args.max_blocks is not None and not 0 <= args.max_blocks:
+        raise SearchError(f"--max_blocks must be 0 or more, not {args.max_blocks}.")
     record_config(out, config, "trials")
     done = sum(1 for p in (out / "trials").glob("**/results.json"))
     what = ("fine-tuning profile" if args.profile_only else f"search from {args.start}, epsilon {args.epsilon:g}, "

@@ -22,12 +22,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from freeze_embed.errors import FreezeEmbedError
+
 Subset = tuple[int, ...]
 Scorer = Callable[[Sequence[Subset]], Sequence[Optional[float]]]  # one round's subsets -> their scores
 STARTS = ("forward", "backward", "best")
 
 
-class SearchError(ValueError):
+class SearchError(FreezeEmbedError, ValueError):
     """A search that cannot go on (e.g. its start failed to train); the message says why."""
 
 

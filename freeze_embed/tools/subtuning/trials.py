@@ -13,6 +13,7 @@ is K runs in ``blocks_0-3/fold<k>/``, each trained on K-1 folds of the training 
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
 import sys
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from freeze_embed.files import atomic_write
-from freeze_embed.paper import SELECTION_METRIC
-from freeze_embed.tools.sweep.launchers import _in_flight, launch_local, launch_slurm, local_slots, slurm_parameters
-from freeze_embed.tools.sweep.run import Run, diverged, last_error_line, prepare, read_results
+from freeze_embed.run.results import RunResults
+from freeze_embed.tools.sweep.launchers import launch
+from freeze_embed.tools.sweep.run import Run, last_error_line
 from freeze_embed.tools.subtuning.search import SearchError, Subset, Trial, subset_name
 
 STRATEGY = "freeze_embed.strategies.TrainBlocks"
@@ -58,11 +59,11 @@ def strategy_args(subset: Sequence[int], embed_blocks: bool = False) -> dict:
 def count_blocks(config: dict, embed_blocks: bool = False) -> int:
     """The number of candidate blocks of the config's backbone (the anatomy's, plus the embedding's with
     ``embed_blocks``): built with random weights, so nothing downloads."""
-    from freeze_embed.tools.parts import build_module
+    from freeze_embed.run.methods import build_module
     model = config["model"]
     keep = ("backbone_kwargs", "embed", "embed_tokens", "num_classes")
-    module = build_module(model["backbone"], None, {}, pretrained=False,
-                          **{k: model[k] for k in keep if model.get(k) is not None})
+    module = build_module(None, model["backbone"], pretrained=False,
+                          **{k: model[k] for k in keep if model.get(k) is not None})[0]
     return len(module.anatomy.blocks) + (len(module.anatomy.embed_blocks) if embed_blocks else 0)
 
 
@@ -78,17 +79,15 @@ def lr_and_seed(config: dict) -> tuple[float, int]:
 class TrialRunner:
     """The scorer of :func:`~.search.greedy_search`: trains a round's missing subsets, reads every score."""
 
-    def __init__(self, config: dict, out: Path, launcher: str = "local", parallel: Optional[int] = None,
-                 slurm_args=None, group: str = "", wait: bool = True, folds: int = 0, score: str = "last",
-                 embed_blocks: bool = False):
+    def __init__(self, config: dict, out: Path, launch_args: argparse.Namespace, group: str = "", folds: int = 0,
+                 score: str = "last", embed_blocks: bool = False):
+        """``launch_args``: the options of :func:`~freeze_embed.tools.sweep.launchers.add_launch_arguments`."""
         if folds == 1 or folds < 0:
             raise SearchError(f"--folds must be 2 or more (or 0: score on ID validation), not {folds}.")
         if score not in SCORES:
             raise SearchError(f"--score is one of {', '.join(SCORES)}, not {score!r}.")
         self.folds, self.score, self.embed_blocks = folds, score, embed_blocks
-        self.config, self.out, self.launcher = config, Path(out), launcher
-        self.parallel, self.slurm_args, self.group = parallel, slurm_args, group
-        self.wait = wait or launcher == "local"  # --no_wait: submit a round's SLURM jobs and exit
+        self.config, self.out, self.launch_args, self.group = config, Path(out), launch_args, group
         self.lr, self.seed = lr_and_seed(config)
         self.failed: list[Run] = []
 
@@ -105,52 +104,42 @@ class TrialRunner:
         return [Run(self.lr, self.seed, str(self.out / "trials" / name / f"fold{k}"), self.group,
                     label=f"{name}_fold{k}") for k in range(self.folds)]
 
-    def _mean(self, subset: Sequence[int], key) -> Optional[float]:
-        values = [key(read_results(r) or {}) for r in self.runs(subset)]
+    def _results(self, subset: Sequence[int]) -> list[RunResults]:
+        return [RunResults.read(r.run_dir) or RunResults() for r in self.runs(subset)]
+
+    def _mean(self, subset: Sequence[int], metric: str) -> Optional[float]:
+        values = [r.value(metric, self.score) for r in self._results(subset)]
         return None if any(v is None for v in values) else sum(values) / len(values)
 
     def score_of(self, subset: Sequence[int]) -> tuple[Optional[float], str]:
-        first = read_results(self.runs(subset)[0]) or {}
-        metric = first.get("selection_metric") or SELECTION_METRIC
-        tag = self.score
-        return self._mean(subset, lambda r: (r.get(tag) or {}).get(f"{tag}/{metric}")), metric
+        metric = self._results(subset)[0].selection_metric
+        return self._mean(subset, metric), metric
 
     def status(self, subset: Sequence[int]) -> str:
         """``done``, ``diverged`` (a run's results.json says so: never selectable, never rerun) or ``failed``."""
-        results = [read_results(r) for r in self.runs(subset)]
-        if any(diverged(r) for r in results):
+        if any(r.diverged for r in self._results(subset)):
             return "diverged"
         return "done" if self.score_of(subset)[0] is not None else "failed"
 
     def paper_numbers(self, subset: Sequence[int]) -> dict[str, Optional[float]]:
         """The trial's ID and OOD numbers (``last/paper/id``, ``last/paper/ood``, or ``best/...``: the checkpoint
         it is scored at; the mean over folds), for reading the search; the search itself never looks at them."""
-        tag = self.score
-        return {k: self._mean(subset, lambda r, k=k: (r.get(tag) or {}).get(f"{tag}/paper/{k}"))
-                for k in ("id", "ood")}
+        return {k: self._mean(subset, f"paper/{k}") for k in ("id", "ood")}
 
     def __call__(self, subsets: Sequence[Subset]) -> list[Optional[float]]:
         runs = {r.name: (r, s, k) for s in subsets for k, r in enumerate(self.runs(s))}  # asked twice: trains once
         self._what = {name: (s, k) for name, (_, s, k) in runs.items()}
         runs = {name: r for name, (r, _, _) in runs.items()}
-        pending = [r for r in runs.values() if r.status() != "done"]
-        if pending:
-            folder = self.out / "slurm"
-            in_flight = [r for r in pending if self.launcher == "slurm" and _in_flight(r, folder)]
-            todo = [r for r in pending if r not in in_flight]
-            for run in todo:
-                subset, fold = self._what[run.name]
-                prepare(run, trial_config(self.config, subset, fold, self.folds, self.embed_blocks))
-            if todo and self.launcher == "local":
-                launch_local(todo, *local_slots(self.config, self.parallel))
-            elif todo:
-                params = slurm_parameters(self.config, self.slurm_args, name=f"subtuning-{self.group}"[:64])
-                launch_slurm(todo, folder, params, cluster=self.launcher, wait=self.wait)
-            if in_flight or (todo and not self.wait):
-                raise Pending(f"{len(in_flight) + len(todo) * (not self.wait)} trials are queued or running")
+        launched = launch(list(runs.values()), lambda run: trial_config(self.config, *self._what[run.name], self.folds,
+                                                                        self.embed_blocks),
+                          self.config, self.launch_args, self.out / "slurm", f"subtuning-{self.group}")
+        no_wait = self.launch_args.launcher != "local" and self.launch_args.no_wait  # submit a round's jobs and exit
+        waiting = launched.in_flight + (launched.started if no_wait else [])
+        if waiting:
+            raise Pending(f"{len(waiting)} trials are queued or running")
         scores = [self.score_of(s)[0] for s in subsets]
         self.failed += [r for s, x in zip(subsets, scores) if x is None for r in self.runs(s)
-                        if read_results(r) is None]
+                        if RunResults.read(r.run_dir) is None]
         return scores
 
 

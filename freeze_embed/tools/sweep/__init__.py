@@ -22,7 +22,8 @@ One module per concern:
 
 * :mod:`.plan`: the LR grid, each run's config, the W&B group and ids;
 * :mod:`.run`: one run (:class:`Run`), its ``train.py`` command, :func:`execute` (``_call`` starts the process);
-* :mod:`.launchers`: many runs, here (threads, one per GPU) or on SLURM (submitit); no sweep logic;
+* :mod:`.launchers`: many runs, here (threads, one per GPU) or on SLURM (submitit), through the one :func:`launch`
+  and :func:`add_launch_arguments` that SubTuning's search uses too; no sweep logic;
 * :mod:`.summary`: the chosen LR and the 90% CIs (``summary.json``);
 * :mod:`.command`: the command line (``python -m freeze_embed.tools.sweep``, :func:`main`).
 
@@ -30,14 +31,15 @@ The names below are re-exported for convenience; to replace one in a test, patch
 (e.g. ``freeze_embed.tools.sweep.run._call``, ``freeze_embed.tools.sweep.command.compose``), not this package.
 """
 from freeze_embed.tools.sweep.command import main, parse_args
-from freeze_embed.tools.sweep.launchers import (RunJob, add_slurm_arguments, devices_per_run, launch_local, launch_slurm, local_slots,
-                        slurm_parameters, visible_gpus)
+from freeze_embed.tools.sweep.launchers import (Launched, RunJob, add_launch_arguments, add_slurm_arguments, devices_per_run,
+                                                launch, launch_local, launch_slurm, local_slots, slurm_parameters,
+                                                to_launch, visible_gpus)
 from freeze_embed.tools.sweep.plan import (SweepError, actual_lr, check_momenta, default_group, effective_lr, momentum_grid, resolve_lrs,
                    run_config, wandb_id)
 from freeze_embed.tools.sweep.run import RUN_CONFIG, TRAIN_PY, Run, execute, prepare, read_results, train_command
 from freeze_embed.tools.sweep.summary import format_momenta, format_summary, stats, summarize, summarize_momenta
 
-__all__ = ["main", "parse_args", "RunJob", "add_slurm_arguments", "devices_per_run", "launch_local", "launch_slurm",
+__all__ = ["main", "parse_args", "Launched", "RunJob", "add_launch_arguments", "launch", "to_launch", "add_slurm_arguments", "devices_per_run", "launch_local", "launch_slurm",
            "local_slots", "slurm_parameters", "visible_gpus", "SweepError", "actual_lr", "check_momenta",
            "default_group", "effective_lr", "momentum_grid", "resolve_lrs", "run_config", "wandb_id",
            "RUN_CONFIG", "TRAIN_PY", "Run", "execute", "prepare", "read_results", "train_command", "format_summary",

@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 from freeze_embed.run.config import compose
 from freeze_embed.files import write_json
 from freeze_embed.paper import dataset_name, model_name
-from freeze_embed.tools.sweep.launchers import _in_flight, add_slurm_arguments, launch_local, launch_slurm, local_slots, slurm_parameters
+from freeze_embed.tools.sweep.launchers import add_launch_arguments, launch, to_launch
 from freeze_embed.tools.sweep.plan import SweepError, check_momenta, default_group, momentum_grid, record_config, resolve_lrs
-from freeze_embed.tools.sweep.run import Run, last_error_line, prepare, read_results, train_command
+from freeze_embed.tools.sweep.run import Run, last_error_line, read_results, train_command
 from freeze_embed.tools.sweep.summary import format_momenta, format_problems, format_summary, summarize, summarize_momenta
 
 
@@ -54,34 +54,26 @@ def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[
                         "m<M>_lr<LR>_seed<S>/ and the LR is chosen per momentum (default: the config's momentum)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", help="sweep directory (default sweeps/<dataset>/<model>/<method>)")
-    p.add_argument("--launcher", choices=["local", "slurm", "debug"], default="local",
-                   help="local subprocesses, SLURM jobs through submitit, or submitit's in-process debug executor")
-    p.add_argument("--parallel", type=int, help="local runs at once (default: one per visible GPU, else 1)")
     p.add_argument("--select", choices=["best", "last"], default="best",
                    help="each run's early-stopped (best ID val) or last epoch")
-    p.add_argument("--group", help="W&B group of the sweep's runs (default: from --out)")
     p.add_argument("--method", help="row label in tables (default: method.name of the method file)")
     p.add_argument("--dataset", help="column label (default: from configs/data/<stem>.yaml)")
     p.add_argument("--model", help="model label (default: from model.backbone)")
     p.add_argument("--summarize_only", action="store_true", help="launch nothing, summarize what is there")
     p.add_argument("--dry_run", action="store_true", help="print the runs' commands, launch nothing")
-    add_slurm_arguments(p)
+    add_launch_arguments(p, "runs")
     return p.parse_known_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
-    try:
-        config = compose(args.config, overrides)
-        family, lrs = resolve_lrs(args.lrs, config)
-        effective = args.lrs[0] == "effective"
-        if effective and args.momenta is None:
-            raise SweepError("--lrs effective compares momenta: give them with --momenta, e.g. --momenta 0 0.9.")
-        if args.momenta is not None:
-            check_momenta(args.momenta, config, effective)
-    except SweepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = compose(args.config, overrides)
+    family, lrs = resolve_lrs(args.lrs, config)
+    effective = args.lrs[0] == "effective"
+    if effective and args.momenta is None:
+        raise SweepError("--lrs effective compares momenta: give them with --momenta, e.g. --momenta 0 0.9.")
+    if args.momenta is not None:
+        check_momenta(args.momenta, config, effective)
     labels, default_out = _labels(args.config, config, args)
     out = Path(args.out or default_out)
     group = args.group or default_group(out)
@@ -92,10 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           + (f"momenta {args.momenta}, " if args.momenta is not None else "") +
           f"seeds {args.seeds}: {len(runs)} runs, {counts['done']} done, {counts['resume']} to resume, "
           f"{counts['new']} new", flush=True)
-    pending = [r for r in runs if r.status() != "done"]
     folder = out / "slurm"
-    if args.launcher == "slurm":
-        pending = [r for r in pending if not _in_flight(r, folder)]
+    pending, _ = to_launch(runs, args.launcher, folder)
     if args.dry_run:
         print("\n".join(shlex.join(train_command(r)) for r in pending))
         return 0
@@ -103,13 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if pending and not args.summarize_only:
         try:
             record_config(out, config)
-            for run in pending:
-                prepare(run, config)
-            if args.launcher == "local":
-                launched = launch_local(pending, *local_slots(config, args.parallel))
-            else:
-                params = slurm_parameters(config, args, name=f"sweep-{group}"[:64])
-                launched = launch_slurm(pending, folder, params, cluster=args.launcher, wait=not args.no_wait)
+            launched = launch(runs, lambda run: config, config, args, folder, f"sweep-{group}").reports
         except KeyboardInterrupt:  # every file is whole (atomic writes); finished runs are kept
             print("\nInterrupted: re-run the same command to continue (finished runs are kept, interrupted ones "
                   "resume from their last.ckpt).", file=sys.stderr)
@@ -121,12 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   else "unfinished" if (Path(run.run_dir) / "train.log").exists() else "missing")
         records.append({"lr": run.lr, "seed": run.seed, "run_dir": run.run_dir, "status": status, "results": res,
                         "momentum": run.momentum, "error": last_error_line(run) if status == "failed" else None})
-    try:
-        by = summarize_momenta if args.momenta is not None else summarize
-        chosen = by(records, args.select)
-    except SweepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    chosen = (summarize_momenta if args.momenta is not None else summarize)(records, args.select)
     summary = {**labels, "backbone": config["model"]["backbone"], "lr_grid": family, "lrs": lrs,
                **({"momenta": args.momenta, "effective_lrs": effective} if args.momenta is not None else {}),
                "seeds": args.seeds, "configs": args.config, "overrides": overrides, **chosen}

@@ -7,7 +7,9 @@
   Trainer's DDP shape into the job's parameters; :func:`_in_flight` tells a run whose job is still queued or running.
 
 Both take any list of runs and return ``{run.name: execute's report}``; nothing here knows what a sweep does with the
-results, so other run-many tools can launch through it too.
+results. :func:`launch` is the one launch loop of every run-many tool (the sweep, SubTuning's search): the runs not
+done and not still queued on SLURM get their config written and start here or on SLURM, as the options of
+:func:`add_launch_arguments` say.
 """
 from __future__ import annotations
 
@@ -16,13 +18,14 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 import submitit
 
 from freeze_embed.files import atomic_write
-from freeze_embed.paper import SELECTION_METRIC
-from freeze_embed.tools.sweep.run import Run, diverged, execute, last_error_line, read_results
+from freeze_embed.run.results import RunResults
+from freeze_embed.tools.sweep.run import Run, execute, last_error_line, prepare
 
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
@@ -36,14 +39,14 @@ def _outcome(run: Run, res: dict) -> str:
     if res.get("status") != "done":
         why = res.get("error") or last_error_line(run) or f"exit code {res.get('rc')}"
         return f"FAILED ({why}); log: {res.get('log', Path(run.run_dir) / 'train.log')}"
-    res = read_results(run) or {}
-    if diverged(res):
-        at = res.get("diverged_at") or {}
+    results = RunResults.read(run.run_dir) or RunResults()
+    if results.diverged:
+        at = results.data.get("diverged_at") or {}
         return f"DIVERGED at epoch {at.get('epoch')}, step {at.get('step')} (never chosen)"
-    r, selection = res.get("best") or {}, res.get("selection_metric", SELECTION_METRIC)
-    nums = ", ".join(f"{k} {100 * r[f'best/{m}']:.1f}%" for k, m in
-                     ((selection, selection), ("ID", "paper/id"), ("OOD", "paper/ood")) if f"best/{m}" in r)
-    secs = res.get("seconds")
+    selection = results.selection_metric
+    nums = ", ".join(f"{k} {100 * v:.1f}%" for k, m in ((selection, selection), ("ID", "paper/id"), ("OOD", "paper/ood"))
+                     if (v := results.value(m)) is not None)
+    secs = results.data.get("seconds")
     return "done" + (f" in {secs:.0f}s" if secs is not None else "") + (f" ({nums})" if nums else "")
 
 
@@ -113,6 +116,51 @@ def launch_local(runs: list[Run], parallel: int = 1, gpus: Sequence[str] = ()) -
             t.join()
         raise
     return results
+
+
+# --- either: the one launch loop -------------------------------------------------------------------------------
+def add_launch_arguments(parser: argparse.ArgumentParser, what: str = "runs") -> None:
+    """``--launcher``, ``--parallel``, ``--group`` and the SLURM options that :func:`launch` reads."""
+    parser.add_argument("--launcher", choices=["local", "slurm", "debug"], default="local",
+                        help="local subprocesses, SLURM jobs through submitit, or submitit's in-process debug executor")
+    parser.add_argument("--parallel", type=int, help=f"local {what} at once (default: one per visible GPU, else 1)")
+    parser.add_argument("--group", help=f"W&B group of the {what} (default: from --out)")
+    add_slurm_arguments(parser)
+
+
+@dataclass
+class Launched:
+    """What :func:`launch` did: ``reports`` (``{run.name: execute's report}``, empty for jobs not waited for),
+    ``started`` (the runs it started or submitted) and ``in_flight`` (SLURM runs still queued or running, left
+    alone)."""
+    reports: dict[str, dict] = field(default_factory=dict)
+    started: list[Run] = field(default_factory=list)
+    in_flight: list[Run] = field(default_factory=list)
+
+
+def to_launch(runs: Sequence[Run], launcher: str, folder: Path) -> tuple[list[Run], list[Run]]:
+    """(runs to start, SLURM runs still queued or running): every run not done is one or the other."""
+    pending = [r for r in runs if r.status() != "done"]
+    in_flight = [r for r in pending if launcher == "slurm" and _in_flight(r, folder)]
+    return [r for r in pending if r not in in_flight], in_flight
+
+
+def launch(runs: Sequence[Run], config_of: Callable[[Run], dict], config: dict, args: argparse.Namespace,
+           folder: Path, name: str) -> Launched:
+    """Write the config (``config_of(run)``) of each run to start and start it: here (``--parallel`` at a time,
+    pinned to GPUs as ``config``'s Trainer allows) or as SLURM jobs in ``folder`` named ``name``, waited for unless
+    ``--no_wait``."""
+    todo, in_flight = to_launch(runs, args.launcher, folder)
+    for run in todo:
+        prepare(run, config_of(run))
+    if not todo:
+        reports = {}
+    elif args.launcher == "local":
+        reports = launch_local(todo, *local_slots(config, args.parallel))
+    else:
+        params = slurm_parameters(config, args, name=name[:64])
+        reports = launch_slurm(todo, folder, params, cluster=args.launcher, wait=not args.no_wait)
+    return Launched(reports, todo, in_flight)
 
 
 # --- SLURM, through submitit ------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ retried by the next invocation. :func:`_call` is the one place a training proces
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -23,6 +22,7 @@ import yaml
 
 from freeze_embed.files import atomic_write
 from freeze_embed.run.config import REPO
+from freeze_embed.run.results import RunResults
 from freeze_embed.tools.sweep.plan import run_config
 
 RUN_CONFIG = "run_config.yaml"
@@ -131,13 +131,13 @@ def execute(run: Run, env: Optional[dict] = None) -> dict:
 
 def read_results(run: Run) -> Optional[dict]:
     """The run's results.json (``train.py fit`` writes it when it finishes, ``"diverged": true`` when it diverged),
-    or None."""
-    path = Path(run.run_dir) / "results.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    or None: :class:`~freeze_embed.run.results.RunResults`' data."""
+    results = RunResults.read(run.run_dir)
+    return None if results is None else results.data
 
 
 def diverged(results: Optional[dict]) -> bool:
-    return bool(results and results.get("diverged"))
+    return RunResults(results or {}).diverged
 
 
 def last_error_line(run: Run, tail_bytes: int = 65536) -> Optional[str]:

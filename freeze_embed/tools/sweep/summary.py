@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from freeze_embed.paper import CI_NOTE, SELECTION_METRIC, STD_NOTE, Z90
+from freeze_embed.paper import CI_NOTE, STD_NOTE, Z90
+from freeze_embed.run.results import RunResults
 from freeze_embed.tools.sweep.plan import SweepError, effective_lr
 
 
@@ -39,18 +40,17 @@ def summarize(records: Sequence[dict], select: str = "best") -> dict:
     """
     runs, selections = [], set()
     for r in records:
-        res = r.get("results") or {}
+        res = RunResults(r.get("results") or {})
         one = {"lr": r["lr"], "seed": r["seed"], "status": r["status"], "run_dir": r.get("run_dir"),
-               "epoch": (res.get("best_epoch") if select == "best" else "last") if res else None}
+               "epoch": (res.data.get("best_epoch") if select == "best" else "last") if res.data else None}
         if r.get("momentum") is not None:
             one.update(momentum=r["momentum"], effective_lr=effective_lr(r["lr"], r["momentum"]))
-        selection = res.get("selection_metric", SELECTION_METRIC)
-        if res:
-            selections.add(selection)
-        for key, metric in (("id_val", selection), ("id", "paper/id"), ("ood", "paper/ood")):
-            one[key] = (res.get(select) or {}).get(f"{select}/{metric}")
-        if res.get("diverged"):
-            one.update(status="diverged", diverged_at=res.get("diverged_at"))
+        if res.data:
+            selections.add(res.selection_metric)
+        for key, metric in (("id_val", res.selection_metric), ("id", "paper/id"), ("ood", "paper/ood")):
+            one[key] = res.value(metric, select)
+        if res.diverged:
+            one.update(status="diverged", diverged_at=res.data.get("diverged_at"))
         elif r.get("error"):
             one["error"] = r["error"]
         runs.append(one)
