@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from freeze_embed.run.config import ConfigError
+
 from freeze_embed.run import methods
 from freeze_embed.tools.bench import gpu_report, memory, speed
 
@@ -43,7 +45,7 @@ def test_memory_accounting_is_exact(method):
 def test_json_schema(monkeypatch, capsys):
     monkeypatch.setattr(memory, "run_child", lambda m, a: memory.measure(m, a.backbone, a.backbone_kwargs, a.batch,
                                                                           a.image_size, steps=2, device="cpu"))
-    memory.main(ARGS + ["--methods", "sgd_freeze_embed,adamw", "--json"])
+    memory.run(ARGS + ["--methods", "sgd_freeze_embed,adamw", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert list(out) == ["methods"] and list(out["methods"]) == ["sgd_freeze_embed", "adamw"]
     for r in out["methods"].values():
@@ -73,12 +75,12 @@ def test_ratios_read_like_the_paper():
 
 def test_unknown_method_is_refused():
     with pytest.raises(SystemExit):
-        memory.main(ARGS + ["--methods", "sgd,adam"])
+        memory.run(ARGS + ["--methods", "sgd,adam"])
     assert set(memory.PAPER_METHODS) <= set(methods.keys())
 
 
 def test_speed_script_reports_images_per_second_of_its_median_step(capsys, monkeypatch):
-    res = speed.main(ARGS + ["--batch", "4", "--steps", "2", "--warmup", "1", "--methods", "sgd_freeze_embed", "--json"])
+    res = speed.run(ARGS + ["--batch", "4", "--steps", "2", "--warmup", "1", "--methods", "sgd_freeze_embed", "--json"])
     out = json.loads(capsys.readouterr().out)["methods"]["sgd_freeze_embed"]
     assert out == res["sgd_freeze_embed"]
     assert out["hand_img_s"] == pytest.approx(4 / out["hand_step_s"])
@@ -87,7 +89,7 @@ def test_speed_script_reports_images_per_second_of_its_median_step(capsys, monke
     seen = {}
     monkeypatch.setattr(speed, "measure", lambda m, backbone, kwargs, batch, steps, warmup, size, *a, **k:
                         seen.update(backbone=backbone, kwargs=kwargs, size=size) or {})
-    speed.main(["--methods", "sgd", "--json"])  # no --backbone: the demo ViT, as configs/demo.yaml defines it
+    speed.run(["--methods", "sgd", "--json"])  # no --backbone: the demo ViT, as configs/demo.yaml defines it
     assert seen == {"backbone": "timm:vit_tiny_patch16_224", "size": 32,
                     "kwargs": {"img_size": 32, "patch_size": 4, "depth": 4, "embed_dim": 96, "num_heads": 3}}
 
@@ -164,9 +166,9 @@ def test_end_to_end_images_are_what_image_folders_reads(tmp_path):
 
 def test_end_to_end_refuses_what_it_cannot_time():
     with pytest.raises(SystemExit):
-        speed.main(["--end_to_end", "--epochs", "1"])
+        speed.run(["--end_to_end", "--epochs", "1"])
     with pytest.raises(SystemExit):
-        speed.main(["--end_to_end", "--without", "validation"])
+        speed.run(["--end_to_end", "--without", "validation"])
 
 
 def test_real_run_is_train_pys_with_validation_off(tmp_path):
@@ -189,7 +191,9 @@ def test_end_to_end_reports_both_loops():
 
 def test_model_args_reach_train_pys_parser():
     """compile / channels_last go through ``--model.<key>``: an option the FineTuner lacks fails to parse."""
-    with pytest.raises(SystemExit):
+    module, _, _ = speed.build_module("sgd", VIT, TINY, 10, model_args={"channels_last": True})
+    assert module.hparams.channels_last is True
+    with pytest.raises(ConfigError, match="no_such_option"):
         speed.build_module("sgd", VIT, TINY, 10, model_args={"no_such_option": True})
 
 

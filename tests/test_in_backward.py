@@ -195,7 +195,7 @@ def test_bench_memory_json_for_an_in_backward_key(monkeypatch, capsys):
                                                                           a.image_size, steps=2, device="cpu"))
     args = ["--backbone", VIT, "--backbone-kwargs", json.dumps(TINY), "--image-size", "16", "--json",
             "--methods", "sgd_freeze_embed_no_momentum,sgd_freeze_embed_no_momentum_in_backward,adamw_in_backward"]
-    memory.main(args)
+    memory.run(args)
     out = json.loads(capsys.readouterr().out)["methods"]
     standard, fused = out["sgd_freeze_embed_no_momentum"], out["sgd_freeze_embed_no_momentum_in_backward"]
     assert list(fused) == [*memory.KEYS, "baseline_bytes", "name"]
@@ -207,7 +207,7 @@ def test_bench_memory_json_for_an_in_backward_key(monkeypatch, capsys):
 
 def test_unknown_in_backward_key_is_refused():
     with pytest.raises(SystemExit):
-        memory.main(["--methods", "adam_in_backward"])
+        memory.run(["--methods", "adam_in_backward"])
 
 
 def _trainer_with(strategy):

@@ -6,7 +6,7 @@ Every cell is ``Trainer.fit`` on a FineTuner built from ``configs/method/<key>.y
 with random weights (no download) on one synthetic batch already on the GPU: CLIP ViT-B/16 and ViT-L/14 (open_clip),
 ConvNeXt-B and BiT-R50 (timm), for the paper's Table 4 methods, fp32 and bf16-mixed, compiled and not. The median
 step after ``--warmup`` steps gives images/s; peak = ``torch.cuda.max_memory_allocated`` of the cell. Then the
-loader's images/s with 16 workers (:mod:`.data_throughput`'s synthetic Living-17 JPEGs). Cells that would start
+loader's images/s with 16 workers (:mod:`.data_throughput`'s Living-17-like JPEGs). Cells that would start
 after ``--budget_s`` are listed as skipped, so the command ends in under 8 minutes. It writes ``gpu_report.md``,
 ``gpu_report.csv`` and ``gpu_report.png`` into ``--out``. ``--dry_run`` runs the same plumbing on the CPU with the
 demo ViT, one timed step per cell, for the tests.
@@ -100,15 +100,13 @@ def run_cell(cell: dict, models: dict, device, steps: int, warmup: int, compile_
     return dict(row, img_s=batch / step, peak_gib=peak, note="channels_last" if "channels_last" in model_args else "")
 
 
-def loader_rate(workers: int, per_class: int, batch: int, passes: int) -> float:
-    """Images/s of the Living-17 loader with the paper's training transforms (data_throughput's measurement)."""
-    from freeze_embed.run.methods import CONFIGS
-    from freeze_embed.tools.bench import data_throughput
+def loader_rate(workers: int, images: int, batch: int, passes: int) -> float:
+    """Images/s of a loader of Living-17-like JPEGs with the paper's training transforms (data_throughput's)."""
+    from freeze_embed.tools.bench import data_throughput as dt
+    _, fmt, size, _ = dt.FORMATS["living17"]
     with tempfile.TemporaryDirectory() as tmp:
-        data_throughput.synthetic_imagenet(tmp, per_class)
-        dm = data_throughput.build_data([CONFIGS / "data" / "living17.yaml"], [
-            "--data.root", tmp, "--data.num_workers", str(workers), "--data.batch_size", str(batch)])
-        return data_throughput.measure(dm, passes)[0]
+        dm = dt.Files(dt.write_images(tmp, fmt, size, images), "living17", batch_size=batch, num_workers=workers)
+        return dt.loader_rate(dm.train_dataloader(), passes)
 
 
 def _fmt(value, spec: str) -> str:
@@ -182,16 +180,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dry_run:
         spec, kwargs = demo_backbone()
         models, device, device_name = {"demo ViT": (spec, kwargs, kwargs["img_size"], 2, False)}, torch.device("cpu"), "CPU (dry run)"
-        steps, warmup, compile_args, per_class, workers, passes = 1, 0, {"backend": "eager"}, 1, 0, 1
+        steps, warmup, compile_args, images, workers, passes = 1, 0, {"backend": "eager"}, 16, 0, 1
     else:
         models, device, device_name = MODELS, torch.device("cuda"), torch.cuda.get_device_name()
-        steps, warmup, compile_args, per_class, workers, passes = args.steps, args.warmup, True, 40, args.workers, 2
+        steps, warmup, compile_args, images, workers, passes = args.steps, args.warmup, True, 1280, args.workers, 2
     options = model_options()
     for opt in ("compile", "channels_last"):
         if opt not in options:
             notes.append(f"The FineTuner takes no `{opt}` yet: cells that need it are skipped or run without it.")
             print(notes[-1], flush=True)
-    rate = loader_rate(workers, per_class, 64 if not args.dry_run else 8, passes)
+    rate = loader_rate(workers, images, 64 if not args.dry_run else 8, passes)
     loader = f"Loader: {rate:.0f} images/s (Living-17 JPEGs, the paper's training transforms, {workers} workers)."
     print(loader, flush=True)
     rows = []

@@ -20,8 +20,9 @@ import json
 import os
 import subprocess
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
+from freeze_embed.errors import FreezeEmbedError
 from freeze_embed.run import methods as registry
 from freeze_embed.run.config import REPO
 from freeze_embed.tools.bench import PAPER_METHODS
@@ -68,7 +69,7 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
             loss = F.cross_entropy(module(x), y)
         if in_backward:  # forward + backward only: each parameter steps inside backward and frees its gradient
             if scaler.is_enabled():
-                raise SystemExit("error: 16-mixed cannot run with the optimizer in backward (no loss scaling).")
+                raise FreezeEmbedError("16-mixed cannot run with the optimizer in backward (no loss scaling).")
             optimizer.begin_backward()
             loss.backward()
             grad_bytes, taken, tries = optimizer.grad_bytes.peak, taken + 1, tries + 1
@@ -126,7 +127,8 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def run(argv: Optional[Sequence[str]] = None) -> dict:
+    """The figures, by method, as the command prints them (tests read them here)."""
     parser = argparse.ArgumentParser(description="Peak training memory per method (Table 4).")
     parser.add_argument("--backbone", default="open_clip:ViT-B-16", help="spec string; random weights")
     parser.add_argument("--methods", default=",".join(PAPER_METHODS),
@@ -177,5 +179,11 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    from freeze_embed.errors import run_command
+    raise SystemExit(run_command(main))

@@ -25,7 +25,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 from freeze_embed.run import methods as registry
 from freeze_embed.run.config import DEMO_CONFIG, build, demo_backbone
@@ -226,7 +226,8 @@ def end_to_end(method: str, epochs: int = 3, images: int = 640, batch: int = 64,
     return {"images_per_epoch": seen, "hand_img_s": h, "lightning_img_s": lt, "ratio": lt / h, "overhead": h / lt - 1}
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def run(argv: Optional[Sequence[str]] = None) -> dict:
+    """The figures, by method, as the command prints them (tests read them here)."""
     parser = argparse.ArgumentParser(description="Training images/s per method; FineTuner overhead vs bare PyTorch.")
     parser.add_argument("--backbone", default=None, help="spec string; default: the demo's tiny ViT (configs/demo.yaml)")
     parser.add_argument("--backbone-kwargs", type=json.loads, default=None,
@@ -289,5 +290,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     return results
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    from freeze_embed.errors import run_command
+    raise SystemExit(run_command(main))
