@@ -51,13 +51,14 @@ class EpochRescale:
         t = self.trainer.strategy.reduce(t, reduce_op="mean")
         return dict(zip(names, t.tolist()))
 
-    def _optimizer(self):
+    def _torch_optimizer(self):
+        """The optimizer itself (or the in-backward aggregate), not Lightning's wrapper of it."""
         opt = self.optimizers()
         return getattr(opt, "optimizer", opt)
 
     def set_lr_scales(self, scales: dict[str, float]) -> None:
         """Give each named tensor its own LR scale from now on (its group must hold it alone)."""
-        optimizer = self._optimizer()
+        optimizer = self._torch_optimizer()
         scheduler = None if self.optimizer_in_backward else self.lr_schedulers()
         factor = self.lr_factor_now()
         for i, group in enumerate(optimizer.param_groups):
@@ -76,6 +77,6 @@ class EpochRescale:
 
     def reset_optimizer_state(self) -> None:
         """Forget momentum / Adam moments, as re-creating the optimizer would."""
-        optimizer = self._optimizer()
+        optimizer = self._torch_optimizer()
         for opt in getattr(optimizer, "per_param", {}).values() or [optimizer]:
             opt.state.clear()

@@ -47,7 +47,7 @@ from freeze_embed.anatomy import Anatomy
 class TunedModule(Protocol):
     """What a strategy's hooks may use of the module they train (``freeze_embed.module.FineTuner`` is one), so
     strategies never import the FineTuner or read its private state. Linear probing also hands it to
-    :func:`freeze_embed.probe.probe_head`, which reads its backbone, head and trainer's datamodule."""
+    :func:`freeze_embed.probe.probe_head`, which reads its backbone, head, hparams and trainer (the datamodule)."""
 
     anatomy: Anatomy
     pretrained_head: bool  # the head comes pretrained (CLIP's zero-shot head), not fresh
