@@ -152,7 +152,7 @@ def test_auto_rgn_under_two_process_ddp_uses_the_same_scales_on_every_rank(tmp_p
         {"class_path": "my_strategies.RecordScales", "init_args": {"out": str(tmp_path / "scales")}}]}}))
     args = tiny_demo_args(tmp_path, epochs=2, extra=[
         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-        "--model.tuning", "freeze_embed.strategies.AutoRGN", "--config", str(cb)])
+        "--model.strategy", "freeze_embed.strategies.AutoRGN", "--config", str(cb)])
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT / "tests")}
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env=env)
