@@ -1,10 +1,10 @@
 """FineTuner: backbone + fresh linear head + freezing strategy + optimizer, as one LightningModule.
 
 It trains what the strategy says (the paper's whole method space: fine-tuning, freezing the embedding, linear
-probing, ...) and measures every evaluation set the datamodule describes, with the metrics
-``freeze_embed.metrics.metrics_for`` builds from that description. Validation logs ``<set>/<metric>`` and the paper's
-``paper/id``, ``paper/ood``; test logs the same under ``test/`` (``TEST_PREFIX``), which the CLI renames ``best/`` and
-``last/`` for the two checkpoints it tests after fit.
+probing, ...). The concepts around it have their own files, mixed in: the evaluation sets and their metrics
+(``evaluation.py``, ``TEST_PREFIX``), what a checkpoint holds besides the weights (``checkpoint_state.py``), and the
+operations a strategy may use at an epoch's start (``epoch_rescale.py``). Strategies see the FineTuner through the
+surface ``strategies.base.TunedModule`` names; their instance is ``tuning`` (``trainer.strategy`` is Lightning's).
 """
 from __future__ import annotations
 
@@ -19,27 +19,27 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from freeze_embed.anatomy import resolve_anatomy
 from freeze_embed.backbones import create_backbone
+from freeze_embed.checkpoint_state import CheckpointState
 from freeze_embed.data.preprocess import resolve_preprocess
 from freeze_embed import acceleration, in_backward, zeroshot
-from freeze_embed.metrics import GroupAccuracy, metrics_for
-from freeze_embed.run.rng import ResumedRNG, rng_states
+from freeze_embed.epoch_rescale import EpochRescale
+from freeze_embed.evaluation import TEST_PREFIX, Evaluation
+from freeze_embed.run.rng import ResumedRNG
 from freeze_embed.optim import (SGD, Group, build_optimizer, cosine_factor, group_names, no_weight_decay_names,
                     optimizer_state_bytes, param_groups, tensor_bytes)
 from freeze_embed.strategies import FullFineTune, Strategy
 
-# Test metrics are "test/<set>/<metric>". Waterbirds' evaluation set is itself named "test" ("test/test/acc"), so
-# the CLI renames keys by stripping this one leading prefix, never by replacing "test" anywhere in a key.
-TEST_PREFIX = "test/"
+__all__ = ["TEST_PREFIX", "FineTuner"]
 
 
-class FineTuner(L.LightningModule):
+class FineTuner(Evaluation, CheckpointState, EpochRescale, L.LightningModule):
     """Fine-tune a pretrained backbone with a freezing strategy (the paper's whole method space).
 
     Args:
         backbone: spec string, e.g. ``open_clip:ViT-B-16:openai`` or ``timm:vit_base_patch16_224.augreg_in21k``.
         pretrained: ``false`` (random weights), ``true`` (download) or a local checkpoint path.
         num_classes: classes of the new head (linked from the datamodule by the CLI).
-        strategy: which parameters train, at which LR scale, per epoch.
+        strategy: which parameters train, at which LR scale, per epoch (held as ``tuning``).
         optimizer: any torch optimizer class; default SGD with momentum 0.9 (Appendix A).
         embed: parameter prefixes of the embedding, overriding the family rule (for backbones no rule knows).
         embed_tokens: count class/position tokens as embedding (the paper does not).
@@ -85,7 +85,7 @@ class FineTuner(L.LightningModule):
         head = zeroshot.NormalizedLinear if head_init == "zeroshot" else nn.Linear
         self.head = head(built.num_features, num_classes)  # fresh; a zero-shot head is filled in setup("fit")
         self.anatomy = resolve_anatomy(built, self.head, embed=embed, embed_tokens=embed_tokens)
-        self.strategy = strategy if strategy is not None else FullFineTune()
+        self.tuning = strategy if strategy is not None else FullFineTune()
         self.no_weight_decay = no_weight_decay_names(dict(self.named_parameters()), self.anatomy, no_weight_decay)
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
@@ -97,7 +97,7 @@ class FineTuner(L.LightningModule):
             setter(True)
         self.eval_names: list[str] = []
         self.eval_metrics = nn.ModuleDict()
-        self._trained_now: set[str] = set(self.anatomy.names)
+        self.trained_now: frozenset[str] = frozenset(self.anatomy.names)  # this epoch's; set by freeze_for
         self._in_optimizer: set[str] = set()
         self._drop_grads: list[nn.Parameter] = []
         # In backward, the step happens in autograd hooks: Lightning only runs backward and counts the step.
@@ -107,6 +107,11 @@ class FineTuner(L.LightningModule):
         self._peak_grad_bytes = 0
         self._started_epoch = -1  # the last epoch whose strategy.on_train_epoch_start ran
         self._resumed_rng = ResumedRNG()
+
+    @property
+    def pretrained_head(self) -> bool:
+        """A zero-shot head is CLIP's text tower's output, pretrained like the backbone (``head_init``)."""
+        return self.hparams.head_init == "zeroshot"
 
     # --- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,12 +126,12 @@ class FineTuner(L.LightningModule):
 
     def trained_in(self, epoch: int) -> dict[str, float]:
         """``{name: LR scale}`` trained in ``epoch`` (the words are defined in ``strategies/base.py``)."""
-        return self.strategy.trained_in(self.anatomy, epoch, self.max_epochs)
+        return self.tuning.trained_in(self.anatomy, epoch, self.max_epochs)
 
     def groups_in_epoch(self, epoch: int) -> list[Group]:
         """The optimizer's groups trained in ``epoch`` (multiplier of the base LR, names, whether weight decay skips
         them), the strategy's per-epoch factor applied, from the code training uses (``parts`` prints this)."""
-        return group_names(self.trained_in(epoch), self.strategy.epoch_lr_factor(epoch, self.max_epochs),
+        return group_names(self.trained_in(epoch), self.tuning.epoch_lr_factor(epoch, self.max_epochs),
                            no_weight_decay=self.no_weight_decay)
 
     def freeze_for(self, epoch: int) -> None:
@@ -136,15 +141,15 @@ class FineTuner(L.LightningModule):
         synchronised parameters when it wraps the model); those frozen this epoch have their gradients dropped
         before the step instead.
         """
-        self._trained_now = set(self.trained_in(epoch))
+        self.trained_now = frozenset(self.trained_in(epoch))
         distributed = self._trainer is not None and self.trainer.world_size > 1
         self._drop_grads = []
         for name, p in self.named_parameters():
-            p.requires_grad_(name in self._trained_now or (distributed and name in self._in_optimizer))
-            if p.requires_grad and name not in self._trained_now:
+            p.requires_grad_(name in self.trained_now or (distributed and name in self._in_optimizer))
+            if p.requires_grad and name not in self.trained_now:
                 self._drop_grads.append(p)
         if self._in_backward is not None:
-            self._in_backward.set_trained(self._trained_now)  # DDP steps every parameter it holds: gate the rest
+            self._in_backward.set_trained(self.trained_now)  # DDP steps every parameter it holds: gate the rest
         self.train(self.training)  # re-apply eval mode to frozen norm layers
 
     def train(self, mode: bool = True):
@@ -154,21 +159,16 @@ class FineTuner(L.LightningModule):
             for name, module in self.named_modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     params = {f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
-                    if params and not (params & self._trained_now):
+                    if params and not (params & self.trained_now):
                         module.eval()
         return self
 
     def setup(self, stage: str) -> None:
         acceleration.accelerate(self)  # under a trainer only: a checkpoint loaded for prediction is not compiled
+        self.setup_metrics()
         dm = self.trainer.datamodule
-        if dm is None:  # plain dataloaders (the speed benchmark): one evaluation set, plain accuracy
-            self.eval_names, metrics = ["val"], {"val": GroupAccuracy()}
-        else:
-            self.eval_names = list(dm.eval_names)
-            metrics = {name: metrics_for(dm, name) for name in self.eval_names}
-        self.eval_metrics = nn.ModuleDict(metrics)
         if stage == "fit":
-            if self.hparams.head_init == "zeroshot" and dm is not None:  # a resumed run's checkpoint replaces it
+            if self.pretrained_head and dm is not None:  # a resumed run's checkpoint replaces it
                 zeroshot.fill_head(self.head, self.hparams, dm)
             self._in_optimizer = set(self.ever_trained())
             self._started_epoch = -1  # a resumed run's checkpoint sets it (on_load_checkpoint runs after setup)
@@ -183,10 +183,10 @@ class FineTuner(L.LightningModule):
         for epoch in range(self.max_epochs):
             for name, scale in self.trained_in(epoch).items():
                 if union.setdefault(name, scale) != scale:
-                    raise ValueError(f"{type(self.strategy).__name__} gives '{name}' LR scale {union[name]} and "
+                    raise ValueError(f"{type(self.tuning).__name__} gives '{name}' LR scale {union[name]} and "
                                      f"{scale} in different epochs; use epoch_lr_factor for per-epoch LR changes.")
         if not union:
-            raise ValueError(f"{type(self.strategy).__name__} trains no parameter.")
+            raise ValueError(f"{type(self.tuning).__name__} trains no parameter.")
         return union
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -194,10 +194,10 @@ class FineTuner(L.LightningModule):
             if self._in_backward is not None:
                 self._in_backward.detach()  # a second fit (or benchmark) attaches anew
             self._in_backward = in_backward.InBackward(dict(self.named_parameters()), self.ever_trained(),
-                                                       self.optimizer_factory, self.strategy.per_tensor_groups,
+                                                       self.optimizer_factory, self.tuning.per_tensor_groups,
                                                        self.no_weight_decay)
             return self._in_backward
-        groups = param_groups(dict(self.named_parameters()), self.ever_trained(), self.strategy.per_tensor_groups,
+        groups = param_groups(dict(self.named_parameters()), self.ever_trained(), self.tuning.per_tensor_groups,
                               self.no_weight_decay)
         return build_optimizer(self.optimizer_factory, groups)
 
@@ -207,8 +207,8 @@ class FineTuner(L.LightningModule):
         schedules run on the trainer's epoch clock (Lightning steps them once at the end of each epoch), so gradual
         unfreezing's LR factor and its freezing always agree on the epoch."""
         T = self.max_epochs
-        own = self.strategy.epoch_lr_factor
-        if not self.strategy.takes_steps:
+        own = self.tuning.epoch_lr_factor
+        if not self.tuning.takes_steps:
             schedule, interval = (lambda epoch: 0.0), "epoch"
         elif own(0, T) is not None:
             schedule, interval = (lambda epoch: own(min(epoch, T - 1), T)), "epoch"
@@ -218,6 +218,11 @@ class FineTuner(L.LightningModule):
             total = max(int(self.trainer.estimated_stepping_batches), 1)
             schedule, interval = (lambda step: cosine_factor(step, total)), "step"
         return schedule, interval
+
+    def lr_factor_now(self) -> float:
+        """The schedule's multiplier of every group's LR at the current step (or epoch, for per-epoch schedules)."""
+        schedule, interval = self._schedule
+        return schedule(self.global_step if interval == "step" else self.current_epoch)
 
     def configure_optimizers(self):
         self._schedule = self.lr_schedule_fn()
@@ -230,47 +235,22 @@ class FineTuner(L.LightningModule):
         optimizer = self.make_optimizer()
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": interval}}
 
-    # --- exact resume: what is not weights travels with the checkpoint -----------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """RNG states and the strategy's run state (e.g. "the probe was fitted"), so a resumed run neither redoes
-        nor loses what it did once; the preprocessing and the class names (label order), so predict and export
-        need nothing but the checkpoint."""
-        checkpoint["rng_states"] = rng_states()
-        checkpoint["strategy_state"] = self.strategy.state_dict()
-        checkpoint["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess.items()}
-        checkpoint["class_names"] = self.class_names()
-        checkpoint["started_epoch"] = self._started_epoch
-
-    def class_names(self) -> list[str]:
-        """The datamodule's class names in label order, or the label indices as names when it has none."""
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        names = getattr(dm, "class_names", None)
-        if names is not None and len(names) == self.head.out_features:
-            return [str(n) for n in names]
-        return [str(i) for i in range(self.head.out_features)]
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "rng_states" in checkpoint:
-            self._resumed_rng.load(checkpoint["rng_states"])
-        self.strategy.load_state_dict(checkpoint.get("strategy_state") or {})
-        self._started_epoch = checkpoint.get("started_epoch", -1)
-
     # --- hooks ------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        self.strategy.on_fit_start(self)
+        self.tuning.on_fit_start(self)
 
     def on_train_start(self) -> None:
         self._resumed_rng.on_train_start()
 
     def on_train_epoch_start(self) -> None:
         self.freeze_for(self.current_epoch)
-        trainable = sum(p.numel() for n, p in self.named_parameters() if n in self._trained_now)
+        trainable = sum(p.numel() for n, p in self.named_parameters() if n in self.trained_now)
         total = sum(p.numel() for p in self.parameters())
         self.log_dict({"params/trainable": float(trainable), "params/frozen": float(total - trainable)},
                       on_step=False, on_epoch=True, sync_dist=False)
         new_epoch = self._started_epoch != self.current_epoch  # resumed mid-epoch: its start is in the checkpoint
         if new_epoch:
-            self.strategy.on_train_epoch_start(self, self.current_epoch)
+            self.tuning.on_train_epoch_start(self, self.current_epoch)
             self._started_epoch = self.current_epoch
         self._resumed_rng.after_epoch_start(self.trainer, new_epoch)
 
@@ -296,7 +276,7 @@ class FineTuner(L.LightningModule):
     # --- steps ------------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int):
         x, y = batch[0], batch[1]
-        if not self.strategy.takes_steps:
+        if not self.tuning.takes_steps:
             # A logistic-regression probe trains no step. DDP refuses a skipped step (None), so the step is a zero
             # loss at LR 0 (configure_optimizers): no parameter moves, and epochs, checkpoints and DDP run as usual.
             return self._in_backward_step(self(x).sum() * 0.0)
@@ -305,7 +285,7 @@ class FineTuner(L.LightningModule):
         loss = F.cross_entropy(logits, y, weight=None if weight is None else weight.to(logits))
         acc = (logits.argmax(-1) == y).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, on_step=True, on_epoch=True, prog_bar=True)
-        penalty = self.strategy.penalty(self)
+        penalty = self.tuning.penalty(self)
         if penalty is not None:
             self.log("train/penalty", penalty, on_step=True, on_epoch=True)
             loss = loss + penalty
@@ -316,46 +296,9 @@ class FineTuner(L.LightningModule):
         the aggregate's no-op step, which Lightning counts as the global step (checkpoints and the clock need it)."""
         if not self.optimizer_in_backward:
             return loss
-        schedule, interval = self._schedule
-        self._in_backward.set_lr_factor(schedule(self.global_step if interval == "step" else self.current_epoch))
+        self._in_backward.set_lr_factor(self.lr_factor_now())
         self._in_backward.begin_backward()
         self.manual_backward(loss)
         self._in_backward.free_grads()
         self.optimizers().step()
         return loss
-
-    def _eval_step(self, batch, dataloader_idx: int, prefix: str) -> None:
-        x, y = batch[0], batch[1]
-        groups = batch[2] if len(batch) > 2 else None
-        logits = self(x)
-        name = self.eval_names[dataloader_idx]
-        self.eval_metrics[name].update(logits, y, groups)
-        self.log(f"{prefix}{name}/loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True,
-                 add_dataloader_idx=False, sync_dist=True, batch_size=len(y))
-
-    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
-        logged = {}
-        for name in self.eval_names:
-            for key, value in self.eval_metrics[name].compute().items():
-                logged[f"{prefix}{name}/{key}"] = value
-            self.eval_metrics[name].reset()
-        dm = self.trainer.datamodule
-        paper = {} if dm is None else {"id": dm.id_metric, "ood": dm.ood_metric}
-        for alias, key in paper.items():
-            if f"{prefix}{key}" in logged:  # a group's accuracy is absent when the set has none of it (no Africa)
-                logged[f"{prefix}paper/{alias}"] = logged[f"{prefix}{key}"]
-        for key, value in logged.items():
-            self.log(key, value, on_epoch=True, prog_bar=key in ("id_val/acc", "paper/ood"))
-        return logged
-
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, "")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("")
-
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, TEST_PREFIX)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end(TEST_PREFIX)

@@ -35,7 +35,7 @@ class RecordScales(L.Callback):
             lrs = {g["names"][0]: g["lr"] for g in pl_module.optimizers().optimizer.param_groups}
             path = Path(self.out) / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"scales": pl_module.strategy.scales, "lrs": lrs}))
+            path.write_text(json.dumps({"scales": pl_module.tuning.scales, "lrs": lrs}))
 
 
 class CrashAtStep(L.Callback):
@@ -60,7 +60,7 @@ class RecordLRs(L.Callback):
         optimizer = pl_module.optimizers()
         groups = getattr(optimizer, "optimizer", optimizer).param_groups
         line = {"step": trainer.global_step, "lrs": [g["lr"] for g in groups],
-                "scales": getattr(pl_module.strategy, "scales", None)}
+                "scales": getattr(pl_module.tuning, "scales", None)}
         with open(self.out, "a") as f:
             f.write(json.dumps(line) + "\n")
 

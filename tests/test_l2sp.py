@@ -17,7 +17,7 @@ TINY = dict(img_size=16, patch_size=8, depth=2, embed_dim=8, num_heads=2)
 
 def model(strategy, head_init: str = "random") -> FineTuner:
     m = FineTuner(backbone="timm:vit_tiny_patch16_224", backbone_kwargs=dict(TINY), num_classes=3, strategy=strategy)
-    m.hparams.head_init = head_init  # what L2SP reads; a real zero-shot head needs CLIP (tests/test_zeroshot.py)
+    m.hparams.head_init = head_init  # what pretrained_head reads (a real zero-shot head needs CLIP)
     m.freeze_for(0)
     strategy.on_fit_start(m)  # captures theta_0, as fit does
     return m
@@ -38,12 +38,12 @@ def test_penalty_is_the_hand_computation_and_its_gradient():
     with torch.no_grad():
         params[head_w].fill_(0.5)
         params[head_b].fill_(-2.0)
-    assert m.strategy.penalty(m).item() == pytest.approx(0.5 * 0.02 * (24 * 0.25 + 3 * 4.0))  # 0.18: theta = theta_0
+    assert m.tuning.penalty(m).item() == pytest.approx(0.5 * 0.02 * (24 * 0.25 + 3 * 4.0))  # 0.18: theta = theta_0
     qkv, fc2 = "backbone.blocks.0.attn.qkv.weight", "backbone.blocks.1.mlp.fc2.bias"
     assert params[qkv].numel() == 24 * 8 and params[fc2].numel() == 8
     perturb(m, {qkv: 0.3, fc2: -1.0})
     expected = 0.5 * 0.1 * (192 * 0.09 + 8 * 1.0) + 0.18  # alpha/2 ||theta - theta_0||^2 + beta/2 ||w||^2 = 1.444
-    penalty = m.strategy.penalty(m)
+    penalty = m.tuning.penalty(m)
     assert penalty.item() == pytest.approx(expected) and expected == pytest.approx(1.444)
     penalty.backward()
     assert torch.allclose(params[qkv].grad, torch.full_like(params[qkv], 0.1 * 0.3))  # alpha (theta - theta_0)
@@ -57,16 +57,16 @@ def test_penalty_is_the_hand_computation_and_its_gradient():
 def test_frozen_parameters_get_no_term_and_freeze_embed_is_unchanged():
     plain, wrapped = model(FreezeEmbed()), model(L2SP(alpha=1.0, beta=0.0, strategy=FreezeEmbed()))
     a = plain.anatomy
-    assert wrapped.strategy.frozen(a) == FreezeEmbed().frozen(a) == a.embed
+    assert wrapped.tuning.frozen(a) == FreezeEmbed().frozen(a) == a.embed
     assert wrapped.trained_in(0) == plain.trained_in(0) and wrapped.ever_trained() == plain.ever_trained()
     assert wrapped.groups_in_epoch(0) == plain.groups_in_epoch(0)
-    theta0 = wrapped.strategy.state_dict()["theta0"]
+    theta0 = wrapped.tuning.state_dict()["theta0"]
     assert set(theta0) == set(plain.ever_trained()) - set(a.head) and not set(theta0) & set(a.embed)
-    assert wrapped.strategy.penalty(wrapped).item() == 0.0
+    assert wrapped.tuning.penalty(wrapped).item() == 0.0
     perturb(wrapped, {"backbone.patch_embed.proj.weight": 5.0})  # frozen: not penalised (and never moves in fit)
-    assert wrapped.strategy.penalty(wrapped).item() == 0.0
+    assert wrapped.tuning.penalty(wrapped).item() == 0.0
     perturb(wrapped, {"backbone.norm.bias": 0.5})  # trained: 8 entries of 0.25, times alpha / 2
-    assert wrapped.strategy.penalty(wrapped).item() == pytest.approx(0.5 * 8 * 0.25)
+    assert wrapped.tuning.penalty(wrapped).item() == pytest.approx(0.5 * 8 * 0.25)
 
 
 class Stateful(Strategy):
@@ -88,11 +88,11 @@ class Stateful(Strategy):
 def test_state_round_trip_keeps_theta_0_and_the_inner_state():
     m = model(L2SP(alpha=0.5, beta=0.0, strategy=Stateful()))
     perturb(m, {"backbone.blocks.1.mlp.fc2.bias": 2.0})  # training moved the weights, then the run was interrupted
-    state = m.strategy.state_dict()
+    state = m.tuning.state_dict()
     assert state["strategy"] == {"fitted": 1}
     resumed = L2SP(alpha=0.5, beta=0.0, strategy=Stateful())
     resumed.load_state_dict(state)  # the FineTuner restores it before on_fit_start
-    m.strategy = resumed
+    m.tuning = resumed
     resumed.on_fit_start(m)  # must not take the moved weights as theta_0
     assert resumed.strategy.fitted == 2
     assert resumed.penalty(m).item() == pytest.approx(0.5 * 0.5 * 8 * 4.0)
@@ -143,7 +143,7 @@ def test_authors_form_is_their_l2sp_weight_times_get_l2_dist_head_included():
     perturb(m, {qkv: 0.3, "head.weight": 0.5, "head.bias": -2.0})
     params = dict(m.named_parameters())
     expected = 0.01 * (192 * 0.09 + 24 * 0.25 + 3 * 4.0)  # no 1/2, the head pulled to its start, no beta term
-    penalty = m.strategy.penalty(m)
+    penalty = m.tuning.penalty(m)
     assert penalty.item() == pytest.approx(expected)
     assert penalty.item() == pytest.approx(0.01 * get_l2_dist(initial, params).item())
     penalty.backward()
@@ -153,10 +153,10 @@ def test_authors_form_is_their_l2sp_weight_times_get_l2_dist_head_included():
 
 def test_a_zero_shot_head_is_pretrained_so_alpha_pulls_it_to_theta_0():
     m = model(L2SP(alpha=0.1, beta=0.02), head_init="zeroshot")
-    assert {"head.weight", "head.bias"} <= set(m.strategy.state_dict()["theta0"])
-    assert m.strategy.penalty(m).item() == 0.0  # at theta_0, and no beta / 2 ||w||^2 on a pretrained head
+    assert {"head.weight", "head.bias"} <= set(m.tuning.state_dict()["theta0"])
+    assert m.tuning.penalty(m).item() == 0.0  # at theta_0, and no beta / 2 ||w||^2 on a pretrained head
     perturb(m, {"head.bias": -2.0})
-    assert m.strategy.penalty(m).item() == pytest.approx(0.5 * 0.1 * 3 * 4.0)
+    assert m.tuning.penalty(m).item() == pytest.approx(0.5 * 0.1 * 3 * 4.0)
 
 
 class FixedProbe(LinearProbe):
@@ -172,6 +172,6 @@ class FixedProbe(LinearProbe):
                          ids=["L2SP(LPFT)", "LPFT(L2SP)"])
 def test_theta_0_is_the_probed_head_in_either_order(make):
     m = model(make())
-    l2sp = m.strategy if isinstance(m.strategy, L2SP) else m.strategy.finetune
+    l2sp = m.tuning if isinstance(m.tuning, L2SP) else m.tuning.finetune
     assert torch.equal(l2sp.state_dict()["theta0"]["head.weight"], torch.full((3, 8), 0.7))
-    assert m.strategy.penalty(m).item() == 0.0
+    assert m.tuning.penalty(m).item() == 0.0

@@ -188,3 +188,30 @@ def test_embed_lr_scale_moves_the_embedding_exactly_a_fifth_as_far_as_sgd():
             assert a.abs().sum() > 0 and torch.allclose(b, 0.2 * a, rtol=1e-5, atol=1e-8), name
         else:
             assert torch.allclose(b, a, rtol=1e-5, atol=1e-8), name
+
+
+def test_strategies_and_epoch_rescale_never_import_the_fine_tuner():
+    """Strategies see the FineTuner only through ``TunedModule``: no import circle module -> strategies -> module."""
+    import ast
+    from pathlib import Path
+
+    import freeze_embed
+    root = Path(freeze_embed.__file__).parent
+    for path in [*sorted((root / "strategies").glob("*.py")), root / "epoch_rescale.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            assert "freeze_embed.module" not in names, path.name
+
+
+def test_the_fine_tuner_has_every_name_of_the_surface_strategies_see():
+    from freeze_embed.strategies.base import TunedModule
+    model = FineTuner(backbone="timm:vit_tiny_patch16_224", backbone_kwargs=dict(TINY), num_classes=4)
+    surface = set(TunedModule.__annotations__) | {n for n in vars(TunedModule) if not n.startswith("_")}
+    assert {"trained_now", "set_lr_scales", "first_batch_gradients"} <= surface
+    assert all(callable(getattr(model, n)) for n in vars(TunedModule) if not n.startswith("_"))
+    assert model.trained_now == frozenset(model.anatomy.names) and model.pretrained_head is False
+    model.tuning = FreezeEmbed()  # the freezing strategy's attribute is not Lightning's trainer.strategy
+    model.freeze_for(0)
+    assert model.trained_now == frozenset(model.anatomy.names) - set(model.anatomy.embed)

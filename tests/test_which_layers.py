@@ -125,11 +125,11 @@ def test_auto_rgn_scales_equal_a_hand_computed_loop():
     trainer = L.Trainer(max_epochs=1, max_steps=1, callbacks=[stop], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, train_dataloaders=loader)
-    assert model.strategy.scales.keys() == expected.keys()
+    assert model.tuning.scales.keys() == expected.keys()
     for n, v in expected.items():
-        assert model.strategy.scales[n] == pytest.approx(v, rel=1e-5), n
+        assert model.tuning.scales[n] == pytest.approx(v, rel=1e-5), n
         assert stop.lrs[n] == pytest.approx(0.1 * v * cosine_factor(0, 1), rel=1e-5), n  # each tensor its own LR
-    assert max(model.strategy.scales.values()) == 1.0
+    assert max(model.tuning.scales.values()) == 1.0
     assert len(stop.lrs) == len(expected)  # one optimizer group per tensor
 
 

@@ -22,7 +22,7 @@ from freeze_embed.strategies import L2SP, LPFT, AutoRGN, FullFineTune, LinearPro
 TINY = dict(img_size=16, patch_size=8, depth=2, embed_dim=8, num_heads=2)
 ANATOMY, MODULE = object(), SimpleNamespace(  # what a wrapper may read of a module when its inner does the work
     named_parameters=lambda: iter(()), ever_trained=dict, anatomy=SimpleNamespace(head=[], names=[]),
-    hparams=SimpleNamespace(head_init="random"), head=None)
+    pretrained_head=False, head=None)
 
 
 class Spy(Strategy):
@@ -199,8 +199,8 @@ def test_lpft_and_l2sp_in_either_order_add_the_penalty(make):
 def test_a_wrapped_auto_rgn_rescales(make):
     alone, _ = _reference("rgn")
     wrapped, _ = _step(make())
-    rgn = inner_of_type(wrapped.strategy, AutoRGN)
-    assert rgn.scales and rgn.scales == pytest.approx(alone.strategy.scales)
+    rgn = inner_of_type(wrapped.tuning, AutoRGN)
+    assert rgn.scales and rgn.scales == pytest.approx(alone.tuning.scales)
     lrs = {g["names"][0]: g["initial_lr"] for g in wrapped.optimizers().optimizer.param_groups}
     assert len(lrs) == len(rgn.scales) and min(lrs.values()) < 0.5 * max(lrs.values())  # one group per tensor
     for (n, p), (_, q) in zip(wrapped.named_parameters(), alone.named_parameters(), strict=True):

@@ -1,15 +1,9 @@
 """Auto-RGN, surgical fine-tuning's automatic criterion (Lee et al., ICLR 2023, Section 5)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from freeze_embed import epoch_rescale
-from freeze_embed.strategies.base import Strategy
-
-if TYPE_CHECKING:
-    from freeze_embed.module import FineTuner
+from freeze_embed.strategies.base import Strategy, TunedModule
 
 
 class AutoRGN(Strategy):
@@ -34,11 +28,11 @@ class AutoRGN(Strategy):
         self.skip_norms = skip_norms
         self.scales: dict[str, float] = {}
 
-    def relative_grad_norms(self, module: "FineTuner") -> dict[str, float]:
+    def relative_grad_norms(self, module: TunedModule) -> dict[str, float]:
         """``||g|| / ||theta||`` per trained tensor, averaged over the first batches and over DDP ranks."""
         params = dict(module.named_parameters())
         ratios: dict[str, list[float]] = {}
-        for grads in epoch_rescale.batch_gradients(module, self.num_batches):
+        for grads in module.first_batch_gradients(self.num_batches):
             for name, g in grads.items():
                 size = params[name].detach().norm()
                 if size == 0 or (self.skip_norms and name in module.anatomy.norms):
@@ -46,15 +40,15 @@ class AutoRGN(Strategy):
                 ratios.setdefault(name, []).append((g.norm() / size).item())
         if not ratios:
             raise ValueError("AutoRGN found no training batch to score; the training set is empty.")
-        return epoch_rescale.mean_over_ranks({n: float(np.mean(r)) for n, r in ratios.items()}, module)
+        return module.mean_over_ranks({n: float(np.mean(r)) for n, r in ratios.items()})
 
-    def on_train_epoch_start(self, module: "FineTuner", epoch: int) -> None:
+    def on_train_epoch_start(self, module: TunedModule, epoch: int) -> None:
         rgn = self.relative_grad_norms(module)
         largest = max(rgn.values())
         self.scales = {n: (v / largest if largest > 0 else 1.0) for n, v in rgn.items()}
-        epoch_rescale.set_lr_scales(module, self.scales)
+        module.set_lr_scales(self.scales)
         if self.reset_state:
-            epoch_rescale.reset_optimizer_state(module)
+            module.reset_optimizer_state()
 
     def state_dict(self) -> dict:
         return {"scales": dict(self.scales)}

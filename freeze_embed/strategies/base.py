@@ -18,8 +18,8 @@ A strategy only answers these questions; the FineTuner does the side effects (``
 * ``epoch_lr_factor(epoch, max_epochs)``: ``None`` (default) keeps the paper's cosine decay to 0 (Appendix A);
 * ``on_fit_start(module)``: work before the first step (linear probing fits the head here);
 * ``on_train_epoch_start(module, epoch)``: work at the start of each epoch, after its freezing and before its first
-  step, with the model in training mode; :mod:`freeze_embed.epoch_rescale` gives it the gradients of the first
-  batches, per-tensor LR scales and an optimizer-state reset (Auto-RGN); ``per_tensor_groups = True`` gives each
+  step, with the model in training mode; ``module`` gives it the gradients of the first batches, per-tensor LR
+  scales and an optimizer-state reset (Auto-RGN; :class:`TunedModule`); ``per_tensor_groups = True`` gives each
   trained tensor its own optimizer group so it can be rescaled;
 * ``penalty(module)``: a term added to the training loss (``None``: nothing), logged as ``train/penalty``
   (L2-SP's pull towards the pretrained weights);
@@ -27,19 +27,52 @@ A strategy only answers these questions; the FineTuner does the side effects (``
   (the FineTuner saves it in every checkpoint and restores it before ``on_fit_start``; default: nothing);
 * ``takes_steps``: ``False`` when all fitting happens in ``on_fit_start``.
 
+The hooks that take ``module`` receive the FineTuner, and use only the surface :class:`TunedModule` names (the
+FineTuner's own strategy attribute is ``tuning``, apart from Lightning's ``trainer.strategy``).
+
 A strategy that trains as another does and adds to it (LP-FT, L2-SP) subclasses ``Wrapper`` (``wrapper.py``), which
 forwards every hook above; a new hook goes there too (``tests/test_wrappers.py`` fails until it does).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Iterator
+from typing import Optional, Protocol
 
 import torch
+from torch import nn
 
 from freeze_embed.anatomy import Anatomy
 
-if TYPE_CHECKING:
-    from freeze_embed.module import FineTuner
+
+class TunedModule(Protocol):
+    """What a strategy's hooks may use of the module they train (``freeze_embed.module.FineTuner`` is one), so
+    strategies never import the FineTuner or read its private state. Linear probing also hands it to
+    :func:`freeze_embed.probe.probe_head`, which reads its backbone, head, hparams and trainer (the datamodule)."""
+
+    anatomy: Anatomy
+    pretrained_head: bool  # the head comes pretrained (CLIP's zero-shot head), not fresh
+    trained_now: frozenset[str]  # the parameter names trained in the current epoch
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
+
+    def ever_trained(self) -> dict[str, float]:
+        """``{name: LR scale}`` of every parameter any epoch trains: what the optimizer holds."""
+
+    def print(self, *args, **kwargs) -> None:
+        """Print once (rank 0 under DDP)."""
+
+    # At an epoch's start (freeze_embed.epoch_rescale):
+    def first_batch_gradients(self, num_batches: int) -> Iterator[dict[str, torch.Tensor]]:
+        """``{name: gradient}`` of each of the first training batches, for the tensors trained this epoch."""
+
+    def mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """The mean over DDP ranks, so every replica uses the same values."""
+
+    def set_lr_scales(self, scales: dict[str, float]) -> None:
+        """Give each named tensor its own LR scale from now on (needs ``per_tensor_groups``)."""
+
+    def reset_optimizer_state(self) -> None:
+        """Forget momentum / Adam moments."""
 
 
 class Strategy:
@@ -64,13 +97,13 @@ class Strategy:
         """Refuse a ``trainer.max_epochs`` this strategy cannot run (a ``values.BadValueError``, one sentence); the
         CLI calls it before the model is built."""
 
-    def on_fit_start(self, module: "FineTuner") -> None:
+    def on_fit_start(self, module: TunedModule) -> None:
         pass
 
-    def on_train_epoch_start(self, module: "FineTuner", epoch: int) -> None:
+    def on_train_epoch_start(self, module: TunedModule, epoch: int) -> None:
         pass
 
-    def penalty(self, module: "FineTuner") -> Optional[torch.Tensor]:
+    def penalty(self, module: TunedModule) -> Optional[torch.Tensor]:
         return None
 
     def state_dict(self) -> dict:

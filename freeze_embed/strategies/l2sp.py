@@ -21,17 +21,14 @@ tensor, the head included (their ``get_l2_dist`` skips only names containing ``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 
 from freeze_embed.errors import FreezeEmbedError
-from freeze_embed.strategies.base import Strategy
+from freeze_embed.strategies.base import Strategy, TunedModule
 from freeze_embed.strategies.full import FullFineTune
 from freeze_embed.strategies.wrapper import Wrapper
-
-if TYPE_CHECKING:
-    from freeze_embed.module import FineTuner
 
 
 class L2SPError(FreezeEmbedError, ValueError):
@@ -68,12 +65,12 @@ class L2SP(Wrapper):
         self._theta0: dict[str, torch.Tensor] = {}
 
     # --- theta_0: captured once, restored from checkpoints ----------------------------------------------------
-    def on_fit_start(self, module: "FineTuner") -> None:
+    def on_fit_start(self, module: TunedModule) -> None:
         """Capture theta_0 once the inner strategy has set up (an LP-FT probe moves the head) and before any step;
         a resumed run has it from its checkpoint already (``load_state_dict`` runs first)."""
         super().on_fit_start(module)
         if not self._theta0:
-            new = set() if self.form == "authors" or _pretrained_head(module) else set(module.anatomy.head)
+            new = set() if self.form == "authors" or module.pretrained_head else set(module.anatomy.head)
             params = dict(module.named_parameters())
             self._theta0 = {n: params[n].detach().clone() for n in module.ever_trained() if n not in new}
 
@@ -85,7 +82,7 @@ class L2SP(Wrapper):
         super().load_state_dict(state)
 
     # --- the penalty ----------------------------------------------------------------------------------------
-    def penalty(self, module: "FineTuner") -> Optional[torch.Tensor]:
+    def penalty(self, module: TunedModule) -> Optional[torch.Tensor]:
         """The pull of trained parameters towards theta_0 (+ beta / 2 ||w||^2 over a new head, ``form: paper``),
         plus the inner strategy's penalty; None when there is nothing to penalise."""
         if not self._theta0 and self.alpha:
@@ -113,7 +110,3 @@ class L2SP(Wrapper):
             terms.append(extra)
         return torch.stack(terms).sum() if terms else None
 
-
-def _pretrained_head(module: "FineTuner") -> bool:
-    """A zero-shot head is CLIP's text tower's output, pretrained like the backbone (``model.head_init``)."""
-    return getattr(module.hparams, "head_init", "random") == "zeroshot"

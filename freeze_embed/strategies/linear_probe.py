@@ -5,7 +5,7 @@ from typing import Optional, Sequence
 
 from freeze_embed.anatomy import Anatomy
 from freeze_embed.probe import PAPER_C_GRID, probe_head
-from freeze_embed.strategies.base import Strategy
+from freeze_embed.strategies.base import Strategy, TunedModule
 
 
 class LinearProbe(Strategy):
@@ -35,7 +35,7 @@ class LinearProbe(Strategy):
     def frozen(self, anatomy: Anatomy) -> list[str]:
         return anatomy.embed + [n for b in anatomy.blocks for n in b]
 
-    def on_fit_start(self, module) -> None:
+    def on_fit_start(self, module: TunedModule) -> None:
         if self.logreg and not self.probe_result:
             self.probe_result = probe_head(module, self.Cs, self.feature_cache, self.select_on, self.max_iter,
                                            self.random_state)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from freeze_embed.strategies.base import Strategy
+from freeze_embed.strategies.base import Strategy, TunedModule
 from freeze_embed.strategies.full import FullFineTune
 from freeze_embed.strategies.linear_probe import LinearProbe
 from freeze_embed.strategies.wrapper import Wrapper
@@ -24,7 +24,7 @@ class LPFT(Wrapper):
         self.finetune = finetune if finetune is not None else FullFineTune()
         self.probe = probe if probe is not None else LinearProbe(logreg=True)
 
-    def on_fit_start(self, module) -> None:
+    def on_fit_start(self, module: TunedModule) -> None:
         self.probe.on_fit_start(module)
         super().on_fit_start(module)
 

@@ -7,15 +7,12 @@ must be added here too.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
 from freeze_embed.anatomy import Anatomy
-from freeze_embed.strategies.base import Strategy
-
-if TYPE_CHECKING:
-    from freeze_embed.module import FineTuner
+from freeze_embed.strategies.base import Strategy, TunedModule
 
 
 class Wrapper(Strategy):
@@ -43,13 +40,13 @@ class Wrapper(Strategy):
     def check(self, max_epochs: int) -> None:
         self.inner.check(max_epochs)
 
-    def on_fit_start(self, module: "FineTuner") -> None:
+    def on_fit_start(self, module: TunedModule) -> None:
         self.inner.on_fit_start(module)
 
-    def on_train_epoch_start(self, module: "FineTuner", epoch: int) -> None:
+    def on_train_epoch_start(self, module: TunedModule, epoch: int) -> None:
         self.inner.on_train_epoch_start(module, epoch)
 
-    def penalty(self, module: "FineTuner") -> Optional[torch.Tensor]:
+    def penalty(self, module: TunedModule) -> Optional[torch.Tensor]:
         return self.inner.penalty(module)
 
     def state_dict(self) -> dict:

@@ -52,8 +52,8 @@ def describe(module, with_groups: bool, epochs: int) -> dict:
         module.planned_epochs = epochs
         out["epochs"] = [[{"lr_scale": g.lr_scale, "names": g.names, "no_weight_decay": g.no_weight_decay}
                           for g in module.groups_in_epoch(e)] for e in range(epochs)]
-        if module.strategy.per_tensor_groups:
-            out["note"] = (f"{type(module.strategy).__name__} gives each tensor its own group and sets its LR scale "
+        if module.tuning.per_tensor_groups:
+            out["note"] = (f"{type(module.tuning).__name__} gives each tensor its own group and sets its LR scale "
                            "at the start of every epoch from the training data (shown: the scales before that).")
     return out
 
