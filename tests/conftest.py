@@ -9,7 +9,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # so YAML can name tests' own modules (a user's strategy, a crash callback)
 
-from helpers import ROOT  # noqa: E402
+from helpers import ROOT, replace_training  # noqa: E402 - after the path that finds it
 
 
 @pytest.fixture(autouse=True)
@@ -18,3 +18,9 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("WANDB_MODE", "offline")
     yield
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """Sweeps without training (helpers.replace_training, LR 1e-2 best); the list records every launch."""
+    return replace_training(monkeypatch)

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from freeze_embed.errors import FreezeEmbedError, run_command
 from freeze_embed.tools.parts import main
@@ -26,7 +27,8 @@ def test_json_lists_parts_and_groups_per_epoch(capsys):
 
 
 def test_text_shows_embed_fraction_of_vit_b16(capsys):
-    assert main(["timm:vit_base_patch16_224", "--strategy", "FreezeEmbed"]) == 0
+    with torch.device("meta"):  # counts need shapes, not the 86M weights
+        assert main(["timm:vit_base_patch16_224", "--strategy", "FreezeEmbed"]) == 0
     out = capsys.readouterr().out
     assert "embed fraction: 0.688% of 85,800,194 parameters" in out
     assert "epoch 0: 85,209,602 trainable, 590,592 frozen" in out

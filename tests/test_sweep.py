@@ -5,7 +5,6 @@ import json
 import math
 import os
 import stat
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,18 +13,11 @@ from freeze_embed.tools import sweep
 from freeze_embed.tools.sweep import Run, command, launchers, resolve_lrs, stats, summarize
 from freeze_embed.tools.sweep import run as one_run
 
-from helpers import ROOT
+from helpers import ROOT, SWEEP_CONFIG as CONFIG, results_json
 
 TINY = ["--trainer.max_epochs", "1", "--data.init_args.train_size", "64", "--data.init_args.eval_size", "32",
         "--data.init_args.batch_size", "16", "--data.init_args.num_workers", "0",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def results_json(id_val: float, id_: float, ood: float, epoch: int = 3) -> dict:
-    """A run's results.json as the CLI writes it; ``last`` is offset by -0.1 so tests can tell them apart."""
-    def block(tag, shift):
-        return {f"{tag}/id_val/acc": id_val + shift, f"{tag}/paper/id": id_ + shift, f"{tag}/paper/ood": ood + shift}
-    return {"best_epoch": epoch, "best": block("best", 0.0), "last": block("last", -0.1)}
 
 
 def record(lr, seed, id_val, id_=None, ood=None, epoch=3, status="done"):
@@ -96,45 +88,6 @@ def test_selection_metric_comes_from_the_runs():
 
 
 # --- resume and launchers, with the training process replaced -----------------------------------------------------
-CONFIG = {"seed_everything": 0, "method": {"name": "SGD (freeze-embed)", "lr_grid": [3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]},
-          "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 2,
-                      "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                  "init_args": {"save_dir": "runs"}},
-                                 {"class_path": "lightning.pytorch.loggers.WandbLogger",
-                                  "init_args": {"project": "freeze-embed", "save_dir": "runs"}}]},
-          "model": {"backbone": "timm:vit_tiny_patch16_224",
-                    "strategy": {"class_path": "freeze_embed.strategies.FreezeEmbed"},
-                    "optimizer": {"class_path": "freeze_embed.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}}},
-          "data": {"class_path": "freeze_embed.data.DemoShift"}}
-
-
-@pytest.fixture
-def fake_training(monkeypatch):
-    """Replace config composition and the training subprocess; record every launched command."""
-    calls = []
-    monkeypatch.setattr(command, "compose", lambda configs, overrides=(): json.loads(json.dumps(CONFIG)))
-
-    def fake_call(cmd, log, env):
-        run_dir = Path(cmd[cmd.index("--run_dir") + 1])
-        cfg = yaml.safe_load((run_dir / sweep.RUN_CONFIG).read_text())
-        calls.append({"cmd": cmd, "run_dir": run_dir, "env": env, "cfg": cfg})
-        lr = cfg["model"]["optimizer"]["init_args"]["lr"]
-        if lr == 0.666:  # a crashing run: a traceback in its log, exit code 1
-            log.write("Traceback (most recent call last):\n  File \"train.py\", line 1\n"
-                      "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n\n")
-            return 1
-        if lr == 6.66:  # a diverging run: train.py records it and exits 0
-            (run_dir / "results.json").write_text(json.dumps({
-                "diverged": True, "diverged_at": {"epoch": 0, "step": 1, "lr": lr}, "best_epoch": None,
-                "selection_metric": "id_val/acc"}))
-            return 0
-        acc = {1e-3: 0.80, 1e-2: 0.90}.get(lr, 0.5) + 0.01 * cfg["seed_everything"]
-        (run_dir / "results.json").write_text(json.dumps(results_json(acc, acc - 0.05, acc - 0.3)))
-        return 0
-    monkeypatch.setattr(one_run, "_call", fake_call)
-    return calls
-
-
 def test_resume_runs_only_what_is_missing(tmp_path, fake_training, capsys):
     out = tmp_path / "sweep"
     for name in ("lr0.001_seed0", "lr0.01_seed1"):  # finished before the interruption

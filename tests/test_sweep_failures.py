@@ -13,7 +13,7 @@ from freeze_embed.tools import sweep
 from freeze_embed.tools.results import render
 from freeze_embed.tools.sweep import summarize
 from freeze_embed.tools.sweep import run as one_run
-from test_sweep import CONFIG, fake_training, record, results_json  # noqa: F401 - fake_training is a fixture
+from test_sweep import record, results_json
 
 OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
@@ -39,7 +39,7 @@ def launch_raising(run_name: str, error: BaseException, calls: Optional[list] = 
         yield
 
 
-def test_a_run_that_raises_does_not_stop_the_other_three(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
+def test_a_run_that_raises_does_not_stop_the_other_three(tmp_path, fake_training, capsys):
     out = tmp_path / "sweep"
     calls = []
     with launch_raising("lr0.001_seed1", OSError("exec format error"), calls):
@@ -50,7 +50,7 @@ def test_a_run_that_raises_does_not_stop_the_other_three(tmp_path, fake_training
     assert summary["chosen_lr"] == 1e-2 and summary["id"]["n"] == 2
 
 
-def test_failed_run_reports_its_last_error_line_and_only_it_is_retried(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
+def test_failed_run_reports_its_last_error_line_and_only_it_is_retried(tmp_path, fake_training, capsys):
     out = tmp_path / "sweep"
     assert sweep.main(sweep_args(out)) == 1
     assert len(fake_training) == 4  # the crash at lr 0.666 stopped nothing
@@ -65,7 +65,7 @@ def test_failed_run_reports_its_last_error_line_and_only_it_is_retried(tmp_path,
     assert sorted(c["run_dir"].name for c in fake_training) == ["lr0.666_seed0", "lr0.666_seed1"]
 
 
-def test_diverged_run_is_shown_and_its_lr_never_chosen(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
+def test_diverged_run_is_shown_and_its_lr_never_chosen(tmp_path, fake_training, capsys):
     """lr 6.66 diverges on seed 0; its seed 1 would score best (its results are written by hand), yet 1e-2 wins."""
     out = tmp_path / "sweep"
     (out / "lr6.66_seed1").mkdir(parents=True)
@@ -92,7 +92,7 @@ def test_results_tables_footnote_diverged_runs():
     assert "† SGD on Waterbirds: 1 of 2 runs diverged (LR 0.01); they are never chosen by LR selection." in md
 
 
-def test_ctrl_c_leaves_every_file_whole_and_the_next_run_continues(tmp_path, fake_training, capsys):  # noqa: F811 - the imported fixture
+def test_ctrl_c_leaves_every_file_whole_and_the_next_run_continues(tmp_path, fake_training, capsys):
     out = tmp_path / "sweep"
     with launch_raising("lr0.01_seed0", KeyboardInterrupt()):
         assert sweep.main(sweep_args(out, lrs=("1e-3", "1e-2"))) == 130

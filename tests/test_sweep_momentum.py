@@ -3,18 +3,14 @@ the arithmetic, selection per momentum, resume, and one-sentence refusals."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from freeze_embed.errors import run_command
 from freeze_embed.tools import sweep
-from freeze_embed.tools.sweep import Run, command, resolve_lrs
-from freeze_embed.tools.sweep import run as one_run
+from freeze_embed.tools.sweep import Run, resolve_lrs
 
-from helpers import ROOT
-from test_sweep import CONFIG, results_json
+from helpers import ROOT, replace_training
 
 
 def test_effective_lr_arithmetic():
@@ -37,22 +33,22 @@ def test_effective_lr_arithmetic():
 MOMENTUM_ACC = {(0.0, 0.01): 0.70, (0.0, 0.1): 0.85, (0.9, 0.01): 0.88, (0.9, 0.1): 0.60}
 
 
+def momentum_scores(cfg: dict) -> tuple[float, float, float]:
+    init = cfg["model"]["optimizer"]["init_args"]
+    acc = MOMENTUM_ACC[(init["momentum"], sweep.effective_lr(init["lr"], init["momentum"]))]
+    acc += 0.01 * cfg["seed_everything"]
+    return acc, acc - 0.05, 1.5 - acc
+
+
 @pytest.fixture
 def momentum_training(monkeypatch):
-    calls = []
-    monkeypatch.setattr(command, "compose", lambda configs, overrides=(): json.loads(json.dumps(CONFIG)))
+    return replace_training(monkeypatch, momentum_scores)
 
-    def fake_call(cmd, log, env):
-        run_dir = Path(cmd[cmd.index("--run_dir") + 1])
-        cfg = yaml.safe_load((run_dir / sweep.RUN_CONFIG).read_text())
-        init = cfg["model"]["optimizer"]["init_args"]
-        calls.append((run_dir.name, init["momentum"], init["lr"]))
-        acc = MOMENTUM_ACC[(init["momentum"], sweep.effective_lr(init["lr"], init["momentum"]))]
-        acc += 0.01 * cfg["seed_everything"]
-        (run_dir / "results.json").write_text(json.dumps(results_json(acc, acc - 0.05, 1.5 - acc)))
-        return 0
-    monkeypatch.setattr(one_run, "_call", fake_call)
-    return calls
+
+def launched(calls: list[dict]) -> list[tuple]:
+    """(run, momentum, lr) of every launch."""
+    return sorted((c["run_dir"].name, c["cfg"]["model"]["optimizer"]["init_args"]["momentum"],
+                   c["cfg"]["model"]["optimizer"]["init_args"]["lr"]) for c in calls)
 
 
 def test_momentum_sweep_selects_per_momentum_on_id_val(tmp_path, momentum_training, capsys):
@@ -60,10 +56,10 @@ def test_momentum_sweep_selects_per_momentum_on_id_val(tmp_path, momentum_traini
     argv = ["--config", "x.yaml", "--momenta", "0", "0.9", "--lrs", "effective", "0.01", "0.1", "--seeds", "0", "1",
             "--out", str(out)]
     assert sweep.main(argv) == 0
-    assert sorted(momentum_training) == [("m0.9_lr0.001_seed0", 0.9, 0.001), ("m0.9_lr0.001_seed1", 0.9, 0.001),
-                                         ("m0.9_lr0.01_seed0", 0.9, 0.01), ("m0.9_lr0.01_seed1", 0.9, 0.01),
-                                         ("m0_lr0.01_seed0", 0.0, 0.01), ("m0_lr0.01_seed1", 0.0, 0.01),
-                                         ("m0_lr0.1_seed0", 0.0, 0.1), ("m0_lr0.1_seed1", 0.0, 0.1)]
+    assert launched(momentum_training) == [("m0.9_lr0.001_seed0", 0.9, 0.001), ("m0.9_lr0.001_seed1", 0.9, 0.001),
+                                           ("m0.9_lr0.01_seed0", 0.9, 0.01), ("m0.9_lr0.01_seed1", 0.9, 0.01),
+                                           ("m0_lr0.01_seed0", 0.0, 0.01), ("m0_lr0.01_seed1", 0.0, 0.01),
+                                           ("m0_lr0.1_seed0", 0.0, 0.1), ("m0_lr0.1_seed1", 0.0, 0.1)]
     s = json.loads((out / "summary.json").read_text())
     no_m, m09 = s["per_momentum"]
     assert (no_m["momentum"], no_m["chosen_effective_lr"], no_m["chosen_lr"]) == (0.0, 0.1, 0.1)

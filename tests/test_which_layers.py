@@ -21,8 +21,10 @@ TINY = dict(img_size=16, patch_size=8, depth=4, embed_dim=16, num_heads=2)
 
 @pytest.fixture(scope="module")
 def vit_b16():
-    b = create_backbone("timm:vit_base_patch16_224", False)
-    return resolve_anatomy(b, nn.Linear(b.num_features, 5))
+    """ViT-B/16's names and shapes without its 86M weights: the meta device allocates nothing."""
+    with torch.device("meta"):
+        b = create_backbone("timm:vit_base_patch16_224", False)
+        return resolve_anatomy(b, nn.Linear(b.num_features, 5))
 
 
 @pytest.fixture(scope="module")

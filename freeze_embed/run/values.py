@@ -79,7 +79,8 @@ def built_strategy(strategy_config):
     from freeze_embed.strategies import Strategy
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--strategy", type=Strategy)
-    return parser.instantiate_classes(parser.parse_object({"strategy": _plain(strategy_config)})).strategy
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # jsonargparse >= 4.49, or older
+    return instantiate(parser.parse_object({"strategy": _plain(strategy_config)})).strategy
 
 
 def _plain(value):
