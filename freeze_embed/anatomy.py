@@ -12,7 +12,8 @@ Class and position tokens are not embed unless ``embed_tokens=True`` (the paper 
 Every parameter lands in exactly one part. Parameters that are neither embed nor a block (tokens, the final norm,
 CLIP's projection) are attached to the first or the last block, so gradual unfreezing trains them with their
 neighbours; ``proj`` also names the projection the head reads through (open_clip's ``proj``), which the authors'
-gradual unfreezing trains with the head from the start. Any other timm model falls back on timm's own metadata (``group_matcher`` / ``first_conv``).
+gradual unfreezing trains with the head from the start. Any other timm model falls back on timm's own metadata
+(``group_matcher`` / ``first_conv``).
 """
 from __future__ import annotations
 
@@ -57,10 +58,11 @@ def _matches(name: str, prefixes: Sequence[str]) -> bool:
 def _rule(model: nn.Module, library: str) -> Optional[tuple[list[str], list[str], list[list[str]]]]:
     """(embed prefixes, token parameter names, blocks as prefix lists, bottom to top) for families known by name."""
     cls = type(model).__name__
-    n = lambda path: len(model.get_submodule(path))  # noqa: E731
+    n = lambda path: len(model.get_submodule(path))  # noqa: E731 - a one-line helper for the rules below
     if library == "timm" and cls in ("VisionTransformer", "Eva", "VisionTransformerDistilled"):
         embed = ["patch_embed.proj"] + (["norm_pre"] if any(True for _ in model.norm_pre.parameters()) else [])
-        tokens = [t for t in ("cls_token", "reg_token", "pos_embed", "dist_token") if getattr(model, t, None) is not None]
+        tokens = [t for t in ("cls_token", "reg_token", "pos_embed", "dist_token")
+                  if getattr(model, t, None) is not None]
         return embed, tokens, [[f"blocks.{i}"] for i in range(n("blocks"))]
     if library == "timm" and cls in ("ConvNeXt", "ResNetV2"):
         # A stage's downsampling layer trains with that stage's first block.

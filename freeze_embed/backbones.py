@@ -173,7 +173,7 @@ def _load_timm_file(model: nn.Module, path: str, spec: str, trust_pickle: bool =
             state = load_state_dict(path, weights_only=not trust_pickle)
     except files.UnsafeFileError:
         raise
-    except Exception as err:  # noqa: BLE001 - truncated files, safetensors' and torch's own errors: one sentence
+    except Exception as err:  # truncated files, safetensors' and torch's own errors: one sentence
         raise BackboneError(f"Cannot read checkpoint '{path}' ({type(err).__name__}: {one_line(err, 200)}).") from err
     classifier = model.pretrained_cfg.get("classifier") or "head"
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
@@ -273,7 +273,7 @@ def normalization(spec: Optional[str]) -> tuple[tuple, tuple]:
         name = f"{parsed.name}.{parsed.tag}" if parsed.tag else parsed.name
         try:
             cfg = timm.models.get_pretrained_cfg(name)
-        except Exception:  # unknown tag: fall through to ImageNet
+        except Exception:  # noqa: BLE001 - any failed lookup (an unknown tag) falls through to ImageNet
             cfg = None
         if cfg is not None:
             return tuple(cfg.mean), tuple(cfg.std)
@@ -281,7 +281,8 @@ def normalization(spec: Optional[str]) -> tuple[tuple, tuple]:
     if parsed.library == "open_clip":
         import open_clip
         cfg = open_clip.get_pretrained_cfg(parsed.name, parsed.tag) if parsed.tag else {}
-        return (tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)), tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)))
+        return (tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+                tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)))
     return IMAGENET_MEAN, IMAGENET_STD
 
 

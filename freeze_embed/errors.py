@@ -1,9 +1,10 @@
 """User-facing errors: bad input the user can fix. Every command prints their one sentence, not a traceback.
 
 The one convention of every command (each module of :mod:`freeze_embed.tools` run with ``python -m``, and
-``train.py``): the module has ``main(argv: Optional[Sequence[str]] = None) -> int`` that returns its exit status (0 on success) and raises a
-:class:`FreezeEmbedError` for a user's mistake, never calling ``sys.exit`` itself; its ``__main__`` block is
-``raise SystemExit(run_command(main))``. Tests call ``main([...])`` and see the return value or the exception.
+``train.py``): the module has ``main(argv: Optional[Sequence[str]] = None) -> int`` that returns its exit status (0 on
+success) and raises a :class:`FreezeEmbedError` for a user's mistake, never calling ``sys.exit`` itself; its
+``__main__`` block is ``raise SystemExit(run_command(main))``. Tests call ``main([...])`` and see the return value or
+the exception.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def exit_on_user_error(fn, *args):
     """``fn(*args)``; a user's error (a FreezeEmbedError, wrapped or not) ends the program with its one sentence."""
     try:
         return fn(*args)
-    except Exception as err:  # noqa: BLE001 - only the user's errors become one sentence; the rest re-raise
+    except Exception as err:  # only the user's errors become one sentence; the rest re-raise
         if not _print_user_error(err):
             raise
         sys.exit(2)
@@ -50,7 +51,7 @@ def run_command(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: 
     """Run a command's ``main``: its status (None counts as 0), or 2 after one sentence for a user's error."""
     try:
         status = main(argv)
-    except Exception as err:  # noqa: BLE001 - only the user's errors become one sentence; the rest re-raise
+    except Exception as err:  # only the user's errors become one sentence; the rest re-raise
         if not _print_user_error(err):
             raise
         return 2

@@ -108,7 +108,7 @@ def refusing_pickle(path: str | os.PathLike, what: str = "file", opt_in: str = M
     advice about torch internals, raised as is or wrapped, as timm does) becomes :func:`refusal`'s sentence."""
     try:
         yield
-    except Exception as err:  # noqa: BLE001 - re-raised unless the refusal is behind it
+    except Exception as err:  # re-raised unless the refusal is behind it
         cause: Optional[BaseException] = err
         while cause is not None and not isinstance(cause, PICKLE_ERRORS):
             cause = cause.__cause__ or cause.__context__
@@ -154,7 +154,7 @@ def load_state_dict(path: str | os.PathLike, what: str = "weights file", trust_p
         from safetensors.torch import load_file
         try:
             return load_file(path, device="cpu")
-        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for malformed files
+        except Exception as err:  # safetensors raises its own error types for malformed files
             raise UnreadableFileError(f"Cannot read the {what} '{path}' as safetensors ({err}).") from err
     state = load_torch(path, what, trust_pickle, opt_in=opt_in)
     for key in ("state_dict", "model", "module"):

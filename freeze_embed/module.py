@@ -233,7 +233,8 @@ class FineTuner(Evaluation, CheckpointState, EpochRescale, L.LightningModule):
             return self._in_backward  # built in setup; its LR is set before each step (training_step)
         schedule, interval = self._schedule
         optimizer = self.make_optimizer()
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": interval}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": interval}}
 
     # --- hooks ------------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:

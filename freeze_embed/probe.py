@@ -90,7 +90,7 @@ def fit_probe(x_train, y_train, x_val, y_val, num_classes: int, Cs: Sequence[flo
     """The whole protocol on feature arrays: standardise, sweep C, map back. ``extra`` maps split names to (x, y)
     scored by the chosen classifier. Returns weight, bias (numpy), C, val_acc, accs and ``{name}_acc`` per extra."""
     mean, std = feature_stats(x_train)
-    norm = lambda x: (np.asarray(x, dtype=np.float64) - mean) / std  # noqa: E731
+    norm = lambda x: (np.asarray(x, dtype=np.float64) - mean) / std  # noqa: E731 - one line, used on each split
     clf, C, accs = fit_logistic_regression(norm(x_train), y_train, norm(x_val), y_val, Cs, max_iter, random_state)
     weight, bias = head_weights(clf, mean, std, num_classes)
     out = {"weight": weight, "bias": bias, "C": C, "val_acc": max(accs), "accs": accs, "mean": mean, "std": std}
@@ -201,7 +201,7 @@ def probe_head(module, Cs: Sequence[float] = PAPER_C_GRID, cache_dir: Optional[s
             fit = fit_probe(*feats[dm.train_split], *feats[select_on], num_classes=module.head.out_features,
                             Cs=Cs, max_iter=max_iter, random_state=random_state, extra=extra)
             fit = {k: v for k, v in fit.items() if k != "accs"}
-        except Exception as err:  # the other ranks wait on the broadcast below: they must hear of it too
+        except Exception as err:  # noqa: BLE001 - re-raised after the broadcast below, which the other ranks wait on
             fit, failure = {"error": f"{type(err).__name__}: {err}"}, err
     if group is not None:  # identical heads on every rank by construction
         box = [fit]

@@ -8,6 +8,8 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # so YAML can name tests' own modules (a user's strategy, a crash callback)
+sys.path.insert(0, str(TESTS / "data"))  # formats.py: the datasets' on-disk formats, for tests here and in data/
+pytest_plugins = ["formats"]  # its dataset fixtures (fmow_root, cifar_root, ...), for every test without an import
 
 from helpers import ROOT, replace_training  # noqa: E402 - after the path that finds it
 

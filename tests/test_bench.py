@@ -29,13 +29,15 @@ def sizes(method):
     return (4 * sum(p.numel() for p in named.values()), 4 * sum(p.numel() for p in trainable), len(trainable))
 
 
-@pytest.mark.parametrize("method", ["sgd", "sgd_freeze_embed", "sgd_freeze_embed_no_momentum", "adamw", "adamw_freeze_embed"])
+@pytest.mark.parametrize("method", ["sgd", "sgd_freeze_embed", "sgd_freeze_embed_no_momentum", "adamw",
+                                    "adamw_freeze_embed"])
 def test_memory_accounting_is_exact(method):
     r = memory.measure(method, VIT, TINY, batch=2, image_size=16, steps=2, device="cpu")
     params, trainable, tensors = sizes(method)
     assert params > trainable if "freeze_embed" in method else params == trainable
     assert r["param_bytes"] == params and r["grad_bytes"] == trainable  # only trainable parameters get gradients
-    expected_state = {"sgd": trainable, "sgd_freeze_embed": trainable, "sgd_freeze_embed_no_momentum": 0,  # momentum buffer per parameter
+    expected_state = {"sgd": trainable, "sgd_freeze_embed": trainable,  # momentum buffer per parameter
+                      "sgd_freeze_embed_no_momentum": 0,
                       # exp_avg + exp_avg_sq, and `step`: one float32 scalar tensor per parameter (torch >= 1.12)
                       "adamw": 2 * trainable + 4 * tensors, "adamw_freeze_embed": 2 * trainable + 4 * tensors}[method]
     assert r["state_bytes"] == expected_state
@@ -57,8 +59,9 @@ def test_json_schema(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_each_method_runs_in_a_fresh_process():
-    out = subprocess.run([sys.executable, "-m", "freeze_embed.tools.bench.memory", *ARGS, "--methods", "sgd_freeze_embed_no_momentum",
-                          "--steps", "2", "--json"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "freeze_embed.tools.bench.memory", *ARGS,
+                          "--methods", "sgd_freeze_embed_no_momentum", "--steps", "2", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, check=True).stdout
     r = json.loads(out)["methods"]["sgd_freeze_embed_no_momentum"]
     assert r["state_bytes"] == 0 and r["grad_bytes"] < r["param_bytes"] and r["peak_bytes"] > r["param_bytes"]
 

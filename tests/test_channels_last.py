@@ -32,7 +32,8 @@ def test_channels_last_equals_the_default_layout(backbone):
     seen = []
     fast.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     with torch.no_grad():
-        torch.testing.assert_close(fast.eval()(x), default.eval()(x), rtol=1e-3, atol=5e-4)  # float noise of another order
+        # tolerances: the float noise of another summation order
+        torch.testing.assert_close(fast.eval()(x), default.eval()(x), rtol=1e-3, atol=5e-4)
     assert seen[0].is_contiguous(memory_format=torch.channels_last)  # the batch was converted too
     for (name, a), b in zip(fast.named_parameters(), default.parameters()):  # two SGD steps
         torch.testing.assert_close(a, b, rtol=1e-4, atol=5e-5, msg=name)  # ~1e-5: the same sums in another order

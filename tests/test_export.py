@@ -1,4 +1,4 @@
-"""python -m freeze_embed.tools.export: the exported weights in the libraries' own models give the checkpoint's logits."""
+"""``freeze_embed.tools.export``: the exported weights in the libraries' own models give the checkpoint's logits."""
 from __future__ import annotations
 
 import json
@@ -90,7 +90,7 @@ def test_onnx_equals_pytorch(tmp_path, monkeypatch):
         torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want), rtol=1e-4, atol=1e-4)
     monkeypatch.chdir(tmp_path)
     scope = {"images": images(32, 2)}
-    exec(doc_recipe("onnxruntime.InferenceSession"), scope)  # noqa: S102
+    exec(doc_recipe("onnxruntime.InferenceSession"), scope)  # noqa: S102 - runs our own docs' recipe, as a user would
     assert scope["logits"].shape == (2, len(CLASSES))
 
 

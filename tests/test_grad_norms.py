@@ -75,7 +75,7 @@ def test_no_update_and_flags_restored():
 def test_transformer_layers_attn_mlp_and_omissions():
     module = tiny_vit()
     layers = gn.layers(module)
-    assert [(l.name, l.kind, l.index) for l in layers] == [
+    assert [(layer.name, layer.kind, layer.index) for layer in layers] == [
         ("embed", "embed", 0), ("blocks.0.attn", "attn", 1), ("blocks.0.mlp", "mlp", 1),
         ("blocks.1.attn", "attn", 2), ("blocks.1.mlp", "mlp", 2), ("head", "head", 3)]
     # CLIP: the embed point is the patch projection and the norm after it together (conv1 + ln_pre = timm's
@@ -103,7 +103,7 @@ def test_convnet_layers_are_blocks_and_bn_mode_matters():
     torch.manual_seed(0)
     module = FineTuner(backbone="torchvision:resnet18", num_classes=3)
     layers = gn.layers(module)
-    assert [(l.name, l.kind, l.index) for l in layers] == (
+    assert [(layer.name, layer.kind, layer.index) for layer in layers] == (
         [("embed", "embed", 0)] + [(f"blocks.{i}", "block", i + 1) for i in range(6)] + [("head", "head", 7)])
     assert layers[0].params[:3] == ("backbone.conv1.weight", "backbone.bn1.weight", "backbone.bn1.bias")
     assert all(p.startswith("backbone.layer2.0.") for p in layers[1].params)

@@ -1,18 +1,12 @@
 """The paper's accuracies on a hand-computed example, and each dataset's metric built from its description."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-from formats import waterbirds_dro  # noqa: E402,F401  (the fixture)
-
-from freeze_embed.data import (CIFAR10, Camelyon17, DemoShift, DomainNet, FMoW, Living17,  # noqa: E402
+from freeze_embed.data import (CIFAR10, Camelyon17, DemoShift, DomainNet, FMoW, Living17,
                                ShiftDataModule, Waterbirds)
-from freeze_embed.metrics import GroupAccuracy, metrics_for  # noqa: E402
+from freeze_embed.metrics import GroupAccuracy, metrics_for
 
 # Groups a (2 examples, 1 right), b (4, 3 right), other (1, 0 right), empty (none).
 GROUPS = ["a", "b", "other", "empty"]
@@ -88,7 +82,7 @@ def test_fmow_worst_region_leaves_out_other():
     assert float(metric.compute()["worst_region_acc"]) == 0.5
 
 
-def test_waterbirds_weights_are_its_training_counts(waterbirds_dro):  # noqa: F811
+def test_waterbirds_weights_are_its_training_counts(waterbirds_dro):
     dm = Waterbirds(root=str(waterbirds_dro))
     for split in ("id_val", "test"):  # selection and the paper's ID number weight alike
         metric = metrics_for(dm, split)

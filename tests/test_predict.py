@@ -1,21 +1,19 @@
 """The WILDS leaderboard export: file names, one line per example in WILDS' split order, the checkpoint's argmax."""
 from __future__ import annotations
 
-import sys
 from ast import literal_eval
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-from formats import TINY_MODEL, camelyon_root, fmow_root  # noqa: E402,F401  (fixtures)
+from formats import TINY_MODEL
 
-from freeze_embed.run.cli import main as train  # noqa: E402
-from freeze_embed.data import Camelyon17, FMoW  # noqa: E402
+from freeze_embed.run.cli import main as train
+from freeze_embed.data import Camelyon17, FMoW
 from freeze_embed.errors import run_command
-from freeze_embed.module import FineTuner  # noqa: E402
-from freeze_embed.tools.predict import main as predict  # noqa: E402
+from freeze_embed.module import FineTuner
+from freeze_embed.tools.predict import main as predict
 
 FMOW = {"id_val": "id_val", "id_test": "id_test", "ood_val": "val", "ood_test": "test"}  # ours -> WILDS'
 CAMELYON = {"id_val": "id_val", "ood_val": "val", "ood_test": "test"}  # WILDS-Camelyon17 has no id_test

@@ -162,7 +162,8 @@ def demo_fit(tmp_path, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_train_cli_refuses_a_pretrained_pickle_in_one_line_on_stderr(tmp_path):
     path = evil_weights(tmp_path, torch.load(ROOT / "freeze_embed/assets/demo_vit_tiny.pth"))
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *demo_fit(tmp_path, "--model.pretrained", str(path))],
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"),
+                           *demo_fit(tmp_path, "--model.pretrained", str(path))],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

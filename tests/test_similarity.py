@@ -48,7 +48,8 @@ def test_cli_on_class_folders_and_a_data_config(tmp_path, capsys):
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+            image = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(image).save(tmp_path / "imgs" / cls / f"{i}.png")
     folder = str(tmp_path / "imgs")
     out = tmp_path / "sim" / "table.csv"
     main(["--backbone", "configs/demo.yaml", "--source", folder, "--target", folder, "configs/demo.yaml@ood_test",

@@ -161,7 +161,8 @@ def test_gradual_unfreeze_lr_per_epoch_and_no_grad_below():
     expected = [0.01 * math.exp(3.73 * (1 - t / 2)) for t in range(3) for _ in range(2)]
     assert lrs == pytest.approx(expected)
     # Last epoch trained all 4 blocks (int(2/2*4) = 4) and the head, never the embedding.
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(model.anatomy.names) - set(model.anatomy.embed)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == set(model.anatomy.names) - set(model.anatomy.embed)
 
 
 def test_frozen_batchnorm_keeps_running_statistics():

@@ -96,7 +96,7 @@ def test_best_start_trains_both_and_starts_from_the_better():
 def test_failed_trials_are_no_candidates_and_a_failed_start_stops():
     table = dict(FORWARD)
     fake = FakeScorer(table)
-    failing = lambda subsets: [None if s == (1,) else x for s, x in zip(subsets, fake(subsets))]  # noqa: E731
+    failing = lambda subsets: [None if s == (1,) else x for s, x in zip(subsets, fake(subsets))]  # noqa: E731 - a one-line scorer
     r = greedy_search(4, failing, "forward", max_blocks=1)
     assert r.best == (3,)  # (1,) failed; (3,) is the round's best
     with pytest.raises(SearchError, match="did not train"):

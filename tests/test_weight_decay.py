@@ -20,7 +20,7 @@ from helpers import ROOT
 TINY = dict(img_size=16, patch_size=8, depth=2, embed_dim=8, num_heads=2)
 
 
-def mae_param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=[], layer_decay=.75):  # noqa: B006
+def mae_param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=[], layer_decay=.75):  # noqa: B006 - MAE's signature verbatim
     """facebookresearch/mae ``util/lr_decay.py`` (commit efb2a80), verbatim but for the unused name bookkeeping."""
     param_groups = {}
     num_layers = len(model.blocks) + 1

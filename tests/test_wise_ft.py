@@ -34,7 +34,8 @@ def test_every_float_weight_is_the_convex_combination(alpha):
 def test_backbone_only_keeps_the_fine_tuned_head():
     theta0, theta1 = thetas()
     theta = interpolate(theta0, theta1, 0.3, keep=("head.",))
-    assert torch.equal(theta["head.weight"], theta1["head.weight"]) and torch.equal(theta["head.bias"], theta1["head.bias"])
+    assert torch.equal(theta["head.weight"], theta1["head.weight"])
+    assert torch.equal(theta["head.bias"], theta1["head.bias"])
     assert torch.equal(theta["backbone.w"], 0.7 * theta0["backbone.w"] + 0.3 * theta1["backbone.w"])
 
 

@@ -12,5 +12,5 @@ from freeze_embed.data.living17 import Living17
 from freeze_embed.data.waterbirds import Waterbirds
 from freeze_embed.data.wilds import WildsDataModule
 
-__all__ = ["ShiftDataModule", "WildsDataModule", "HoldOutFold", "ImageFolders", "DemoShift", "Waterbirds", "FMoW", "Camelyon17", "DomainNet",
-           "Living17", "CIFAR10", "DataRootError", "DataFormatError", "ImageReadError"]
+__all__ = ["ShiftDataModule", "WildsDataModule", "HoldOutFold", "ImageFolders", "DemoShift", "Waterbirds", "FMoW",
+           "Camelyon17", "DomainNet", "Living17", "CIFAR10", "DataRootError", "DataFormatError", "ImageReadError"]

@@ -80,9 +80,11 @@ class DemoShift(ShiftDataModule):
         self.contrast, self.noise = contrast, noise
 
     def make_split(self, name: str, train: bool):
-        sizes = {"train": self.train_size, "id_val": self.eval_size, "id_test": self.eval_size, "ood_test": self.eval_size}
+        sizes = {"train": self.train_size, "id_val": self.eval_size, "id_test": self.eval_size,
+                 "ood_test": self.eval_size}
         offsets = {"train": 0, "id_val": 1, "id_test": 2, "ood_test": 3}
         agreement = 1.0 / self.num_classes if name.startswith("ood") else self.agreement
-        images, labels, groups = make_shift_images(sizes[name], self.num_classes, agreement, 1000 * self.seed + offsets[name],
+        images, labels, groups = make_shift_images(sizes[name], self.num_classes, agreement,
+                                                   1000 * self.seed + offsets[name],
                                                    noise=self.noise, contrast=self.contrast)
         return _TensorShift(images, labels, groups, self.mean, self.std)

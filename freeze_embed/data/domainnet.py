@@ -143,5 +143,6 @@ class DomainNet(WildsDataModule):
                         os.path.isfile(os.path.join(self.root_dir, SPLIT_DIR, split_file(d, "test")))]
                 if any(have) and not all(have):
                     warnings.warn(f"DomainNet: {d} has {'images' if have[0] else 'a split file'} but no "
-                                  f"{'split file' if have[0] else 'images'} under {self.root_dir}; not evaluated.")
+                                  f"{'split file' if have[0] else 'images'} under {self.root_dir}; not evaluated.",
+                                  stacklevel=1)
         super().setup(stage)

@@ -30,9 +30,9 @@ def load_rgb(path: str, min_side: Optional[int] = None) -> Image.Image:
     """Open an image as RGB, or raise ImageReadError naming the file.
 
     ``min_side``: a JPEG is decoded by libjpeg at the smallest of 1/8, 1/4, 1/2 scale whose shorter side is still at
-    least ``min_side`` (a 2048x1536 photo at 1/4, 512x384, for ``min_side=256``): about 3x faster to decode, but the pixels
-    differ slightly from decoding in full and then resizing, so it is an option (``data.decode_min_side``), off by
-    default. Other formats and smaller JPEGs decode in full.
+    least ``min_side`` (a 2048x1536 photo at 1/4, 512x384, for ``min_side=256``): about 3x faster to decode, but the
+    pixels differ slightly from decoding in full and then resizing, so it is an option (``data.decode_min_side``), off
+    by default. Other formats and smaller JPEGs decode in full.
     """
     try:
         with Image.open(path) as im:

@@ -125,7 +125,7 @@ class WildsDataModule(ShiftDataModule):
             with contextlib.redirect_stdout(sys.stderr):
                 wilds.get_dataset(dataset=self.wilds_name, version=self.wilds_version, root_dir=self.wilds_parent,
                                   download=True)
-        except Exception:  # WILDS swallows download errors and then fails reading the csv; we say what happened below
+        except Exception:  # noqa: BLE001 - WILDS swallows download errors, then fails reading the csv; said below
             pass
         if not self.wilds_has(release):
             raise missing_root(self.title, self.root, f"<root>/{folder}/{release} after downloading",

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from freeze_embed.run.checkpoint_io import DurableCheckpoints
 from freeze_embed.data.base import ShiftDataModule
 from freeze_embed.run.divergence import Diverged, StopOnDivergence
-from freeze_embed.errors import FreezeEmbedError, exit_on_user_error
+from freeze_embed.errors import exit_on_user_error
 from freeze_embed.files import write_json
 from freeze_embed.run.values import check_config
 from freeze_embed.module import TEST_PREFIX, FineTuner
@@ -39,9 +39,9 @@ def _checked_num_classes(data: ShiftDataModule) -> int:
 
 
 def add_run_arguments(parser, run_dir_help: str) -> None:
-    """What every training CLI here has (``train.py``, ``freeze_embed.tools.pretrain``): a ``last.ckpt`` every epoch (resume
-    after a crash), the model's backbone linked to the data (its normalisation), the data root checked before the
-    model is built, and ``--run_dir``."""
+    """What every training CLI here has (``train.py``, ``freeze_embed.tools.pretrain``): a ``last.ckpt`` every epoch
+    (resume after a crash), the model's backbone linked to the data (its normalisation), the data root checked before
+    the model is built, and ``--run_dir``."""
     parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
     parser.set_defaults({"last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False})
     parser.link_arguments("model.backbone", "data.init_args.backbone")

@@ -28,7 +28,8 @@ class GradualUnfreeze(Strategy):
         if max_epochs < 2:  # epoch 0 trains the head alone; the schedule unfreezes blocks from epoch 1 of T - 1
             from freeze_embed.run.values import BadValueError
             raise BadValueError(f"GradualUnfreeze needs trainer.max_epochs of at least 2 (epoch 0 trains the head "
-                                f"alone, later epochs unfreeze blocks), not {max_epochs}; e.g. --trainer.max_epochs 10.")
+                                f"alone, later epochs unfreeze blocks), not {max_epochs}; "
+                                "e.g. --trainer.max_epochs 10.")
 
     @staticmethod
     def _progress(epoch: int, max_epochs: int) -> float:

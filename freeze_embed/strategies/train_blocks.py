@@ -34,7 +34,8 @@ def select_blocks(spec: Union[BlockSpec, Sequence[BlockSpec]], num_blocks: int) 
             try:
                 start, stop = (int(s) if s.strip() else None for s in item.split(":"))
             except ValueError:
-                raise BlockSpecError(f"TrainBlocks range '{item}' is not 'a:b' with integers (e.g. '0:3', '-2:').")
+                raise BlockSpecError(f"TrainBlocks range '{item}' is not 'a:b' with integers "
+                                     "(e.g. '0:3', '-2:').") from None
             chosen.update(range(num_blocks)[slice(start, stop)])
             continue
         try:
@@ -53,9 +54,9 @@ class TrainBlocks(Strategy):
     """Train only the named blocks (plus the head, and the embedding if ``embed``); freeze everything else.
 
     Surgical fine-tuning's finding is that the best block to tune depends on the shift (input-level shifts: the first
-    block; output-level: the last), and SubTuning searches the subset greedily (``python -m freeze_embed.tools.subtuning``,
-    which writes its pick as a TrainBlocks config). ``blocks: []`` with ``head: true`` trains the head alone with
-    the run's optimizer (SubTuning's linear-probe start).
+    block; output-level: the last), and SubTuning searches the subset greedily
+    (``python -m freeze_embed.tools.subtuning``, which writes its pick as a TrainBlocks config). ``blocks: []`` with
+    ``head: true`` trains the head alone with the run's optimizer (SubTuning's linear-probe start).
 
     Presets: ``first`` / ``middle`` / ``last`` are the bottom / middle / top third of the anatomy's blocks. Lee et
     al. tune ResNet "Block 1" together with the stem (``first_two_block`` = ``conv1`` + ``block1`` in

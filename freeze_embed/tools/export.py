@@ -48,7 +48,8 @@ def library_config(hparams: dict, class_names: list[str], preprocess: dict) -> d
     if spec.library == "timm":
         if "stem" in kwargs:
             raise ExportError(f"Backbone kwarg stem: {kwargs['stem']!r} has no stock timm equivalent, so this "
-                              "checkpoint cannot be exported; use it with python -m freeze_embed.tools.predict instead.")
+                              "checkpoint cannot be exported; use it with python -m freeze_embed.tools.predict "
+                              "instead.")
         config["architecture"] = f"{spec.name}.{spec.tag}" if spec.tag else spec.name  # as backbones._timm builds it
     elif spec.library == "open_clip":
         kwargs["force_quick_gelu"] = spec.tag == "openai"  # as backbones.open_clip_model builds it
@@ -86,7 +87,7 @@ def export(ckpt_path: str, out: str, onnx: bool = False) -> list[str]:
     """Write the export into ``out``; returns the files written."""
     if onnx:
         try:
-            import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+            import onnxscript  # noqa: F401 - only checks it is installed: torch.onnx's exporter needs it
         except ImportError as err:
             raise ExportError("--onnx needs the export extra: pip install 'freeze-embed[export]' (onnx, onnxscript, "
                               "onnxruntime).") from err

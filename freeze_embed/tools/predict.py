@@ -1,4 +1,4 @@
-"""Predict with a checkpoint: any images (``--images``, :mod:`freeze_embed.tools.predict_images`), or the WILDS leaderboard.
+"""Predict with a checkpoint: any images (``--images``: freeze_embed.tools.predict_images) or the WILDS leaderboard.
 
 For any images: ``python -m freeze_embed.tools.predict --ckpt_path best.ckpt --images /new/photos --out preds.csv``
 (``--images X --help`` lists its options). Without ``--images`` it exports a checkpoint's predictions for the

@@ -197,8 +197,8 @@ def momentum_table(summaries: list[dict]) -> pd.DataFrame:
                     row[name], row[f"{name} CI"] = _percent(p[key]["mean"]), _percent(p[key]["ci90"])
                 rows.append(row)
     if not rows:
-        raise ValueError("no momentum sweep among these summaries: run python -m freeze_embed.tools.sweep ... --momenta "
-                         "0 0.9 --lrs effective first")
+        raise ValueError("no momentum sweep among these summaries: run python -m freeze_embed.tools.sweep ... "
+                         "--momenta 0 0.9 --lrs effective first")
     return pd.DataFrame(rows)
 
 

@@ -88,7 +88,8 @@ def run(cli_args: Sequence[str], zeroshot: str, finetuned: str, alphas: Sequence
         save: bool = False, backbone_only: bool = False, trust_pickle: bool = False) -> list[dict]:
     bad = [a for a in alphas if not 0 <= a <= 1]
     if bad or not alphas:
-        raise WiseFTError(f"--alphas must be numbers between 0 and 1 (0: zero-shot, 1: fine-tuned), got {bad or 'none'}.")
+        raise WiseFTError("--alphas must be numbers between 0 and 1 (0: zero-shot, 1: fine-tuned), "
+                          f"got {bad or 'none'}.")
     if zeroshot != BUILD and not os.path.isfile(zeroshot):
         raise WiseFTError(f"--zeroshot '{zeroshot}' does not exist: give a .ckpt file train.py wrote, or --zeroshot "
                           f"{BUILD} to build the zero-shot model from the configs.")

@@ -6,17 +6,17 @@ import json
 import numpy as np
 import pytest
 
-from formats import cifar_arrays, cifar_root, copy_tree, fit_args, stl_arrays  # noqa: F401 (cifar_root: the fixture)
+from formats import cifar_arrays, copy_tree, fit_args, stl_arrays
 from freeze_embed.data import CIFAR10, DataFormatError, DataRootError
 from freeze_embed.errors import FreezeEmbedError
 
 
 @pytest.fixture(scope="module")
-def dm(cifar_root):  # noqa: F811
+def dm(cifar_root):
     return CIFAR10(root=str(cifar_root), val_size=5, num_workers=0)
 
 
-def test_splits_with_holdout(dm, cifar_root):  # noqa: F811
+def test_splits_with_holdout(dm, cifar_root):
     sizes = {n: len(dm.split(n)) for n in ("train", "id_val", "id_test", "ood_test")}
     assert sizes == {"train": 15, "id_val": 5, "id_test": 6, "ood_test": 6}
     train_idx, val_idx = dm.holdout()
@@ -59,7 +59,7 @@ def test_transforms(dm):
         assert x.shape == (3, 224, 224) and g == 0 and y == int(dm.split(name, train=train).labels[0])
 
 
-def test_id_val_from_test_is_the_authors_split(cifar_root):  # noqa: F811
+def test_id_val_from_test_is_the_authors_split(cifar_root):
     dm = CIFAR10(root=str(cifar_root), id_val_from="test")  # val_size is ignored
     assert len(dm.split("train")) == 20 and len(dm.split("id_val")) == len(dm.split("id_test")) == 6
     assert np.array_equal(np.asarray(dm.split("id_val").load(5)), cifar_arrays("test")[0][5])
@@ -70,7 +70,7 @@ def test_id_val_from_test_is_the_authors_split(cifar_root):  # noqa: F811
         CIFAR10(root=str(cifar_root)).split("train")  # the default 5000 does not fit the 20-image fixture
 
 
-def test_missing_root_or_file(cifar_root, tmp_path):  # noqa: F811
+def test_missing_root_or_file(cifar_root, tmp_path):
     with pytest.raises(DataRootError) as err:
         CIFAR10(root=str(tmp_path / "nowhere")).split("train")
     msg = str(err.value)
@@ -82,7 +82,7 @@ def test_missing_root_or_file(cifar_root, tmp_path):  # noqa: F811
         CIFAR10(root=str(root), val_size=5).split("ood_test")
 
 
-def test_malformed_files(cifar_root, tmp_path):  # noqa: F811
+def test_malformed_files(cifar_root, tmp_path):
     root = copy_tree(cifar_root, tmp_path / "c")
     x = root / "stl10_binary" / "test_X.bin"
     x.write_bytes(x.read_bytes()[:-100])
@@ -98,7 +98,7 @@ def test_malformed_files(cifar_root, tmp_path):  # noqa: F811
         CIFAR10(root=str(root)).split("id_test")
 
 
-def test_download_uses_torchvision_only_when_missing(cifar_root, tmp_path, monkeypatch):  # noqa: F811
+def test_download_uses_torchvision_only_when_missing(cifar_root, tmp_path, monkeypatch):
     import torchvision.datasets as tvd
     calls = []
     monkeypatch.setattr(tvd, "CIFAR10", lambda root, **kw: calls.append(("CIFAR10", root, kw)))
@@ -113,7 +113,7 @@ def test_download_uses_torchvision_only_when_missing(cifar_root, tmp_path, monke
         CIFAR10(root=str(tmp_path), download=True).prepare_data()
 
 
-def test_describe_json(cifar_root, capsys):  # noqa: F811
+def test_describe_json(cifar_root, capsys):
     from freeze_embed.tools.describe import main
     main(["--config", "configs/data/cifar10.yaml", "--data.init_args.root", str(cifar_root),
           "--data.init_args.val_size", "5", "--json"])
@@ -126,7 +126,7 @@ def test_describe_json(cifar_root, capsys):  # noqa: F811
         "  paper ID = id_test/acc, OOD = ood_test/acc, epochs = 20"]
 
 
-def test_fit_fast_dev_run(cifar_root, tmp_path):  # noqa: F811
+def test_fit_fast_dev_run(cifar_root, tmp_path):
     """The config trains through the CLI (its extra arguments parse) and logs every set and the paper's numbers."""
     from freeze_embed.run.cli import FreezeEmbedCLI
     cli = FreezeEmbedCLI(args=fit_args("configs/data/cifar10.yaml", cifar_root, tmp_path)

@@ -99,6 +99,7 @@ def test_two_process_ddp_counts_each_image_once(tmp_path, folders):
     dm = ImageFolders(**init, backbone=model.hparams.backbone, backbone_kwargs=model.hparams.backbone_kwargs)
     for name, n in (("id_test", 7), ("ood_site", 3)):
         x, y = zip(*[(s[0], s[1]) for s in dm.split(name)])
+        assert len(x) == n
         with torch.no_grad():
             acc = (model(torch.stack(x)).argmax(-1) == torch.tensor(y)).float().mean().item()
         assert r["last"][f"last/{name}/acc"] == pytest.approx(acc, abs=1e-6)

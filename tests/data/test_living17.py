@@ -37,7 +37,7 @@ def test_source_target_separation(dm):
     assert all("/train/" in p for p in train.paths) and all("/val/" in p for p in id_val.paths + ood.paths)
     # superclass labels follow the row index; the bear row: sloth/black bear ID, polar/brown bear OOD
     assert train.labels.tolist() == [i // 2 for i in range(34)] == ood.labels.tolist()
-    assert [w for w, l in zip(split_wnids(ood), ood.labels.tolist()) if l == 12] == ["n02134084", "n02132136"]
+    assert [w for w, label in zip(split_wnids(ood), ood.labels.tolist()) if label == 12] == ["n02134084", "n02132136"]
     assert [code(ood.load(i)) for i in (0, 1, 33)] == [(0, 2), (0, 3), (16, 3)]  # label / target-class images
     assert dm.num_classes == 17 and dm.paper_epochs == 20 and dm.group_names("ood_test") is None
 

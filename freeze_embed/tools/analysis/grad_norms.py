@@ -146,7 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         epilog="Any other argument goes to the training CLI, e.g. --config configs/demo.yaml --model.pretrained false",
         allow_abbrev=False)
     parser.add_argument("--batches", type=int, default=None, help="m, the minibatches averaged (default: one epoch)")
-    parser.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32, the authors'; a --data.init_args.batch_size given wins)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="minibatch size (default 32, the authors'; a --data.init_args.batch_size given wins)")
     parser.add_argument("--out", default="runs/grad_norms", help="directory for grad_norms.csv and grad_norms.png")
     parser.add_argument("--eval-mode", action="store_true", help="eval mode (no dropout, BatchNorm running stats)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")

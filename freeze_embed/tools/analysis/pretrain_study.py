@@ -5,8 +5,8 @@
 Four tiny BiT-style ResNets (``configs/pretrain/demo_resnet*.yaml``: SGD or AdamW, standard or patchify stem) are
 pretrained on the built-in task; each gets the layer-wise gradient norms of eq. 3.1 on the demo shift (Figures 3-5)
 and is fine-tuned there with SGD, AdamW and SGD (freeze-embed), 3 seeds (Tables 13-14). Every piece runs in this
-process through the same CLIs as ``python -m freeze_embed.tools.pretrain`` and ``train.py``, and is skipped when its output
-exists, so a stopped study resumes where it stopped (a pretraining mid-way resumes from its ``last.ckpt``).
+process through the same CLIs as ``python -m freeze_embed.tools.pretrain`` and ``train.py``, and is skipped when its
+output exists, so a stopped study resumes where it stopped (a pretraining mid-way resumes from its ``last.ckpt``).
 
 Fine-tuning is the demo study's (docs/studies/demo.md): 4 epochs, 1000 training and 400 images per evaluation
 set, two LRs per method, each run early-stopped on ID validation, the LR chosen on mean ID validation accuracy over
@@ -21,6 +21,7 @@ import math
 import resource
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -171,14 +172,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out, docs = Path(args.out), Path(args.docs)
     for key in args.models:
-        timed(out, f"pretrain_{key}", out / "pretrain" / key / "backbone.yaml", lambda: pretrain(out, key))
-        timed(out, f"grad-norms_{key}", out / "grad_norms" / key / "grad_norms.csv", lambda: grad_norms(out, key))
+        timed(out, f"pretrain_{key}", out / "pretrain" / key / "backbone.yaml", partial(pretrain, out, key))
+        timed(out, f"grad-norms_{key}", out / "grad_norms" / key / "grad_norms.csv", partial(grad_norms, out, key))
         for m in args.methods:
             for lr in METHODS[m][1]:
                 for s in args.seeds:
                     timed(out, f"fine-tune_{key}_{m}_{lr:g}_{s}",
                           out / "finetune" / key / m / f"lr{lr:g}_seed{s}" / "results.json",
-                          lambda: finetune(out, key, m, lr, s))
+                          partial(finetune, out, key, m, lr, s))
     if set(args.models) != set(PRETRAINED) or set(args.methods) != set(METHODS):
         return 0
     from freeze_embed.tools.analysis.plots import plot_grad_norms

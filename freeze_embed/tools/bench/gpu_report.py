@@ -174,12 +174,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import logging
     import warnings
     warnings.filterwarnings("ignore")
-    import lightning  # noqa: F401  (sets its own log level on import; quiet it after)
+    import lightning  # noqa: F401 - sets its own log level on import; quiet it after
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     start, notes = time.perf_counter(), []
     if args.dry_run:
         spec, kwargs = demo_backbone()
-        models, device, device_name = {"demo ViT": (spec, kwargs, kwargs["img_size"], 2, False)}, torch.device("cpu"), "CPU (dry run)"
+        models = {"demo ViT": (spec, kwargs, kwargs["img_size"], 2, False)}
+        device, device_name = torch.device("cpu"), "CPU (dry run)"
         steps, warmup, compile_args, images, workers, passes = 1, 0, {"backend": "eager"}, 16, 0, 1
     else:
         models, device, device_name = MODELS, torch.device("cuda"), torch.cuda.get_device_name()
@@ -195,7 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = []
     for cell in cells(models, (False, True)):
         if time.perf_counter() - start > args.budget_s:
-            rows.append(dict(cell, batch=models[cell["model"]][3], img_s=None, peak_gib=None, note="skipped: time budget"))
+            rows.append(dict(cell, batch=models[cell["model"]][3], img_s=None, peak_gib=None,
+                             note="skipped: time budget"))
             continue
         rows.append(run_cell(cell, models, device, steps, warmup, compile_args, options))
         r = rows[-1]

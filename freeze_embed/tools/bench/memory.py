@@ -10,8 +10,9 @@ Each method runs in a fresh process (this module, ``--child``) for a few steps o
 step at micro-batch 1 (as the paper; optimizer state exists only after the first step). Peak = CUDA peak allocated
 on a GPU, else the process's peak resident memory (VmHWM; it includes ~0.5 GB of Python and libraries, as the
 paper's GPU figures include the CUDA context). Next to it the exact bytes of parameters, gradients (trainable
-parameters only; with the optimizer in backward, the most held at once) and optimizer state, and the paper's ratios: AdamW over each method (ViT-B/16: 16% over SGD
-(freeze-embed), 36% over SGD (freeze-embed, no momentum); ViT-L/14: 18% and 48%).
+parameters only; with the optimizer in backward, the most held at once) and optimizer state, and the paper's ratios:
+AdamW over each method (ViT-B/16: 16% over SGD (freeze-embed), 36% over SGD (freeze-embed, no momentum);
+ViT-L/14: 18% and 48%).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def measure(method: str, backbone: str, backbone_kwargs: Optional[dict] = None, 
     import torch.nn.functional as F
     from freeze_embed.backbones import parse_spec
     from freeze_embed.optim import optimizer_state_bytes, tensor_bytes
-    from freeze_embed.run.cli import FreezeEmbedCLI  # noqa: F401  (lightning and the backbone library load before the baseline)
+    from freeze_embed.run.cli import FreezeEmbedCLI  # noqa: F401 - lightning loads before the baseline
     __import__(parse_spec(backbone).library)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = dev.type == "cuda"

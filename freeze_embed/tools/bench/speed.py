@@ -5,8 +5,9 @@
 For each method, the same model, batch and optimizer are trained twice on in-memory synthetic data: by the Lightning
 Trainer's ``fit`` (no logger, checkpointing, progress bar or validation) and by a hand loop doing the same forward,
 cross-entropy, zero_grad, backward, optimizer step and per-step LR-scheduler step (for a ``<key>_in_backward`` method,
-the per-step LR, then backward, inside which every parameter steps: :mod:`freeze_embed.in_backward`). Both are timed from the start of
-one step to the start of the next, the first ``--warmup`` steps excluded; the median step gives images/s.
+the per-step LR, then backward, inside which every parameter steps: :mod:`freeze_embed.in_backward`).
+Both are timed from the start of one step to the start of the next, the first ``--warmup`` steps excluded; the median
+step gives images/s.
 
 ``--end_to_end`` times whole epochs of a real run instead: JPEG files in class folders written to a temporary
 folder, read by :class:`freeze_embed.data.ImageFolders`' own loader, and the model, trainer and callbacks built
@@ -229,7 +230,8 @@ def end_to_end(method: str, epochs: int = 3, images: int = 640, batch: int = 64,
 def run(argv: Optional[Sequence[str]] = None) -> dict:
     """The figures, by method, as the command prints them (tests read them here)."""
     parser = argparse.ArgumentParser(description="Training images/s per method; FineTuner overhead vs bare PyTorch.")
-    parser.add_argument("--backbone", default=None, help="spec string; default: the demo's tiny ViT (configs/demo.yaml)")
+    parser.add_argument("--backbone", default=None,
+                        help="spec string; default: the demo's tiny ViT (configs/demo.yaml)")
     parser.add_argument("--backbone-kwargs", type=json.loads, default=None,
                         help="JSON; default: the demo ViT's for the default backbone, else {}")
     parser.add_argument("--image-size", type=int, default=None, help="default: the demo ViT's for it, else 224")
@@ -249,7 +251,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--epochs", type=int, default=3, help="end to end: epochs, the first untimed")
     parser.add_argument("--images", type=int, default=640, help="end to end: JPEG files written (10 classes)")
     parser.add_argument("--workers", type=int, default=2, help="end to end: data.init_args.num_workers")
-    parser.add_argument("--without", default="", help=f"end to end: drop parts of the real run, of {', '.join(WITHOUT)}")
+    parser.add_argument("--without", default="",
+                        help=f"end to end: drop parts of the real run, of {', '.join(WITHOUT)}")
     args = parser.parse_args(argv)
     without = tuple(w.strip() for w in args.without.split(",") if w.strip())
     if set(without) - set(WITHOUT) or (args.end_to_end and args.epochs < 2):
@@ -264,7 +267,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
         size = args.image_size or kwargs.get("img_size", 224)
     warnings.filterwarnings("ignore")
     import logging
-    import lightning  # noqa: F401  (sets its own log level on import; quiet it after)
+    import lightning  # noqa: F401 - sets its own log level on import; quiet it after
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     results = {}
     for m in [m.strip() for m in args.methods.split(",") if m.strip()]:

@@ -20,7 +20,8 @@ from freeze_embed.tools.sweep.launchers import add_launch_arguments
 from freeze_embed.tools.sweep.plan import record_config
 from freeze_embed.tools.subtuning.profile import plot_profile
 from freeze_embed.tools.subtuning.search import STARTS, SearchError, SearchResult, Trial, greedy_search, subset_name
-from freeze_embed.tools.subtuning.trials import SCORES, STRATEGY, Pending, SearchLog, TrialRunner, count_blocks, strategy_args
+from freeze_embed.tools.subtuning.trials import (SCORES, STRATEGY, Pending, SearchLog, TrialRunner, count_blocks,
+                                                strategy_args)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> tuple[argparse.Namespace, list[str]]:
@@ -77,7 +78,8 @@ def _printer(log: SearchLog):
     def on_round(trials: list[Trial]) -> None:
         log(trials)
         shown = ", ".join(f"{subset_name(t.subset)[7:]}="
-                          + (log.runner.status(t.subset) if t.score is None else f"{100 * t.score:.2f}") for t in trials)
+                          + (log.runner.status(t.subset) if t.score is None else f"{100 * t.score:.2f}")
+                          for t in trials)
         print(f"round {trials[0].round}: {shown}", flush=True)
     return on_round
 

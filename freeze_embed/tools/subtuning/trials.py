@@ -1,8 +1,8 @@
 """SubTuning's trials: each block subset is one ordinary, resumable ``train.py fit`` run, launched like a sweep's.
 
-A trial is a :class:`~freeze_embed.tools.sweep.run.Run` labelled ``blocks_0-3`` in ``DIR/trials/blocks_0-3/``, its config
-the user's composed config with ``model.strategy`` = ``TrainBlocks(blocks=[0, 3], embed=False, head=True)``, at the
-config's LR and seed (the same for every trial, so subsets differ only in what trains). A trial with a results.json
+A trial is a :class:`~freeze_embed.tools.sweep.run.Run` labelled ``blocks_0-3`` in ``DIR/trials/blocks_0-3/``, its
+config the user's composed config with ``model.strategy`` = ``TrainBlocks(blocks=[0, 3], embed=False, head=True)``, at
+the config's LR and seed (the same for every trial, so subsets differ only in what trains). A trial with a results.json
 is done and is never rerun; one with a last.ckpt resumes: the same command finishes an interrupted search. Its score
 is ``last/<selection metric>`` of its results.json (none for a trial that diverged or failed: it is
 no candidate; the dataset's ID validation metric after the last epoch, as the

@@ -1,7 +1,8 @@
 """Learning-rate x seed sweeps, the paper's protocol (Section 4, Appendix A), optionally x momentum.
 
-    python -m freeze_embed.tools.sweep --config configs/data/waterbirds.yaml --config configs/backbone/clip_vit_b16.yaml \\
-        --config configs/method/sgd_freeze_embed.yaml [train.py overrides] [--lrs paper] [--seeds 0 1 2] [--out DIR]
+    python -m freeze_embed.tools.sweep --config configs/data/waterbirds.yaml \\
+        --config configs/backbone/clip_vit_b16.yaml --config configs/method/sgd_freeze_embed.yaml \\
+        [train.py overrides] [--lrs paper] [--seeds 0 1 2] [--out DIR]
 
 Each (LR, seed) is one ``train.py fit`` subprocess in ``DIR/lr<lr>_seed<seed>/`` (its config, logs, checkpoints and
 results.json), so a crashing run does not stop the sweep. Runs with a results.json are skipped and runs with a
@@ -31,16 +32,17 @@ The names below are re-exported for convenience; to replace one in a test, patch
 (e.g. ``freeze_embed.tools.sweep.run._call``, ``freeze_embed.tools.sweep.command.compose``), not this package.
 """
 from freeze_embed.tools.sweep.command import main, parse_args
-from freeze_embed.tools.sweep.launchers import (Launched, RunJob, add_launch_arguments, add_slurm_arguments, devices_per_run,
-                                                launch, launch_local, launch_slurm, local_slots, slurm_parameters,
-                                                to_launch, visible_gpus)
-from freeze_embed.tools.sweep.plan import (SweepError, actual_lr, check_momenta, default_group, effective_lr, momentum_grid, resolve_lrs,
-                   run_config, wandb_id)
+from freeze_embed.tools.sweep.launchers import (Launched, RunJob, add_launch_arguments, add_slurm_arguments,
+                                                devices_per_run, launch, launch_local, launch_slurm, local_slots,
+                                                slurm_parameters, to_launch, visible_gpus)
+from freeze_embed.tools.sweep.plan import (SweepError, actual_lr, check_momenta, default_group, effective_lr,
+                                           momentum_grid, resolve_lrs, run_config, wandb_id)
 from freeze_embed.tools.sweep.run import RUN_CONFIG, TRAIN_PY, Run, execute, prepare, read_results, train_command
 from freeze_embed.tools.sweep.summary import format_momenta, format_summary, stats, summarize, summarize_momenta
 
-__all__ = ["main", "parse_args", "Launched", "RunJob", "add_launch_arguments", "launch", "to_launch", "add_slurm_arguments", "devices_per_run", "launch_local", "launch_slurm",
-           "local_slots", "slurm_parameters", "visible_gpus", "SweepError", "actual_lr", "check_momenta",
+__all__ = ["main", "parse_args", "Launched", "RunJob", "add_launch_arguments", "launch", "to_launch",
+           "add_slurm_arguments", "devices_per_run", "launch_local", "launch_slurm", "local_slots", "slurm_parameters",
+           "visible_gpus", "SweepError", "actual_lr", "check_momenta",
            "default_group", "effective_lr", "momentum_grid", "resolve_lrs", "run_config", "wandb_id",
            "RUN_CONFIG", "TRAIN_PY", "Run", "execute", "prepare", "read_results", "train_command", "format_summary",
            "stats", "summarize", "format_momenta", "summarize_momenta"]

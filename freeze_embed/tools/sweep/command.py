@@ -19,9 +19,11 @@ from freeze_embed.run.config import compose
 from freeze_embed.files import write_json
 from freeze_embed.paper import dataset_name, model_name
 from freeze_embed.tools.sweep.launchers import add_launch_arguments, launch, to_launch
-from freeze_embed.tools.sweep.plan import SweepError, check_momenta, default_group, momentum_grid, record_config, resolve_lrs
+from freeze_embed.tools.sweep.plan import (SweepError, check_momenta, default_group, momentum_grid, record_config,
+                                           resolve_lrs)
 from freeze_embed.tools.sweep.run import Run, last_error_line, read_results, train_command
-from freeze_embed.tools.sweep.summary import format_momenta, format_problems, format_summary, summarize, summarize_momenta
+from freeze_embed.tools.sweep.summary import (format_momenta, format_problems, format_summary, summarize,
+                                              summarize_momenta)
 
 
 def _labels(configs: Sequence[str], config: dict, args: argparse.Namespace) -> tuple[dict, Path]:

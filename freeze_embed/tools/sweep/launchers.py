@@ -30,8 +30,11 @@ from freeze_embed.tools.sweep.run import Run, execute, last_error_line, prepare
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
 
-def _progress(i: int, n: int, run: Run, msg: str, lock=threading.Lock()) -> None:
-    with lock:
+_PRINT_LOCK = threading.Lock()  # one progress line at a time from the launcher's threads
+
+
+def _progress(i: int, n: int, run: Run, msg: str) -> None:
+    with _PRINT_LOCK:
         print(f"[{i}/{n}] {run.describe()}: {msg}", flush=True)
 
 
@@ -44,7 +47,8 @@ def _outcome(run: Run, res: dict) -> str:
         at = results.data.get("diverged_at") or {}
         return f"DIVERGED at epoch {at.get('epoch')}, step {at.get('step')} (never chosen)"
     selection = results.selection_metric
-    nums = ", ".join(f"{k} {100 * v:.1f}%" for k, m in ((selection, selection), ("ID", "paper/id"), ("OOD", "paper/ood"))
+    nums = ", ".join(f"{k} {100 * v:.1f}%"
+                     for k, m in ((selection, selection), ("ID", "paper/id"), ("OOD", "paper/ood"))
                      if (v := results.value(m)) is not None)
     secs = results.data.get("seconds")
     return "done" + (f" in {secs:.0f}s" if secs is not None else "") + (f" ({nums})" if nums else "")

@@ -3,8 +3,8 @@
 The LR with the best mean selection metric (the dataset's, from each run's results.json) wins; each run counts at its
 best epoch (early stopping) or its last. An LR at which any run diverged (its results.json says ``"diverged": true``)
 is never chosen: its row says how many diverged, and ``diverged`` lists them; ``failed`` lists the runs that ended
-without a results.json, each with the last line of its log. :func:`stats` gives mean, sample std (ddof=1) and the CI half-width
-1.645 * std / sqrt(n) (:mod:`freeze_embed.paper`); :func:`summarize` gives the keys of ``summary.json``;
+without a results.json, each with the last line of its log. :func:`stats` gives mean, sample std (ddof=1) and the CI
+half-width 1.645 * std / sqrt(n) (:mod:`freeze_embed.paper`); :func:`summarize` gives the keys of ``summary.json``;
 :func:`format_summary` the table the sweep prints. A momentum sweep (``--momenta``) selects the LR per momentum
 (:func:`summarize_momenta`, :func:`format_momenta`), as Li et al. (ICLR 2020, Sec. 3.1) compare momenta.
 """
@@ -88,7 +88,8 @@ def format_problems(summary: dict) -> list[str]:
     lines = []
     for r in summary.get("diverged", []):
         at = r.get("diverged_at") or {}
-        lines.append(f"DIVERGED (its LR is never chosen): {_where(r)} at epoch {at.get('epoch')}, step {at.get('step')}")
+        lines.append(f"DIVERGED (its LR is never chosen): {_where(r)} at epoch {at.get('epoch')}, "
+                     f"step {at.get('step')}")
     for r in summary.get("failed", []):
         lines.append(f"FAILED: {_where(r)}: {r.get('error') or 'no error line'}; see {r['run_dir']}/train.log")
     return lines
@@ -99,7 +100,7 @@ def _diverged_note(p: dict) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    pct = lambda s: "-" if s["mean"] is None else f"{100 * s['mean']:.1f}" + (  # noqa: E731
+    pct = lambda s: "-" if s["mean"] is None else f"{100 * s['mean']:.1f}" + (  # noqa: E731 - one cell's format
         f" ± {100 * s['ci90']:.1f}" if s["ci90"] is not None else "")
     lines = [f"{'':2}{'LR':>8}  {'runs':>5}  {'ID val':>12}  {'ID':>12}  {'OOD':>12}"]
     for p in summary["per_lr"]:
@@ -142,7 +143,7 @@ def summarize_momenta(records: Sequence[dict], select: str = "best") -> dict:
 
 def format_momenta(summary: dict) -> str:
     """The momentum sweep's table: every (momentum, effective LR), ``*`` on each momentum's chosen LR."""
-    pct = lambda s: "-" if s["mean"] is None else f"{100 * s['mean']:.1f}" + (  # noqa: E731
+    pct = lambda s: "-" if s["mean"] is None else f"{100 * s['mean']:.1f}" + (  # noqa: E731 - one cell's format
         f" ± {100 * s['ci90']:.1f}" if s["ci90"] is not None else "")
     lines = [f"{'':2}{'momentum':>8}  {'eff. LR':>8}  {'LR':>8}  {'runs':>5}  {'ID val':>12}  {'ID':>12}  {'OOD':>12}"]
     for m in summary["per_momentum"]:
