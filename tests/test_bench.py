@@ -186,8 +186,8 @@ def test_real_run_is_train_pys_with_validation_off(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_reports_both_loops():
-    r = speed.end_to_end("sgd_freeze_embed", epochs=2, images=40, batch=8, workers=0)
-    assert r["images_per_epoch"] == 36  # 10% of each class held out as id_val
+    r = speed.end_to_end("sgd_freeze_embed", epochs=2, images=60, batch=8, workers=0)
+    assert r["images_per_epoch"] == 50  # of each class's 6 images, round(10%) = 1 held out as id_val
     assert r["ratio"] == pytest.approx(r["lightning_img_s"] / r["hand_img_s"])
     assert r["overhead"] == pytest.approx(r["hand_img_s"] / r["lightning_img_s"] - 1)
 

@@ -228,7 +228,8 @@ def test_tiny_demo_sweep_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
         run = out / f"lr{lr}_seed0"
         cfg = yaml.safe_load((run / sweep.RUN_CONFIG).read_text())
         assert cfg["model"]["optimizer"]["init_args"] == {"lr": float(lr), "momentum": 0.9, "dampening": 0.0,
-                                                          "weight_decay": 0.0, "nesterov": False}
+                                                          "weight_decay": 0.0, "nesterov": False,
+                                                          "foreach": None, "fused": None}  # None: chosen per device
         assert cfg["model"]["strategy"]["class_path"] == "freeze_embed.strategies.FullFineTune"
         assert (run / "checkpoints" / "last.ckpt").exists()
         assert list((run / "logs").glob("version_0/metrics.csv"))

@@ -85,7 +85,7 @@ class _CLI(FreezeEmbedCLI):
 def compose(configs: Sequence[str], overrides: Sequence[str] = ()) -> dict:
     """The complete ``train.py fit`` config from the real CLI parser (``--print_config``'s); nothing is built."""
     cli = _CLI(["fit", *_args(configs, overrides)], build=False, check=False)
-    return yaml.safe_load(cli.parser.dump(cli.parsed, skip_none=False))["fit"]
+    return yaml.safe_load(cli.parser.dump(cli.parsed, skip_unset=False))["fit"]
 
 
 def parse(configs: Sequence[str], overrides: Sequence[str] = ()):
