@@ -96,3 +96,17 @@ def test_the_benchmark_reads_every_format(capsys):
     data_throughput.main(["--images", "2", "--workers", "1", "--passes", "1", "--batch_size", "2"])
     out = capsys.readouterr().out
     assert all(f"\n{name} " in out for name in data_throughput.FORMATS) and "JPEG 2048x1536" in out
+
+
+def test_your_own_folders_and_their_folds_decode_reduced_when_asked(tmp_path):
+    from freeze_embed.data import ImageFolders
+    from freeze_embed.data.folds import HoldOutFold
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for k in range(3):
+            smooth_image((1024, 768)).save(tmp_path / c / f"{k}.jpg", quality=90)
+    assert ImageFolders(str(tmp_path)).split("train", train=True).load(0).size == (1024, 768)
+    folders = ImageFolders(str(tmp_path), val_fraction=0.34, decode_min_side=256)  # 1 of 3 per class to id_val
+    assert folders.split("train", train=True).load(0).size == (512, 384)
+    assert folders.split("id_val").load(0).size == (512, 384)
+    assert HoldOutFold(folders, fold=0, folds=2).decode_min_side == 256

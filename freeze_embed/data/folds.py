@@ -33,7 +33,8 @@ class HoldOutFold(ShiftDataModule):
             raise ValueError(f"HoldOutFold fold {fold} does not exist: folds are 0..{folds - 1}.")
         super().__init__(root=data.root, batch_size=data.batch_size, num_workers=data.num_workers,
                          backbone=backbone or data.backbone,
-                         backbone_kwargs=backbone_kwargs if backbone_kwargs is not None else data.backbone_kwargs)
+                         backbone_kwargs=backbone_kwargs if backbone_kwargs is not None else data.backbone_kwargs,
+                         decode_min_side=data.decode_min_side)
         if backbone_kwargs is not None:
             data.backbone_kwargs = backbone_kwargs
         if backbone is not None and backbone != data.backbone:  # the CLI links model.backbone to this module only

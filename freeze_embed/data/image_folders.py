@@ -91,6 +91,8 @@ class ImageFolders(ShiftDataModule):
             images) or ``loss`` (inverse-frequency class weights in the training cross-entropy).
         image_column / label_column: the columns of ``hf:`` sets.
         seed: the held-out split's seed (fixed, so every run of a sweep selects on the same images).
+        decode_min_side: decode large JPEGs at a reduced scale (camera photos: about 2.7x faster decoding); see
+            :class:`~freeze_embed.data.base.ShiftDataModule`.
     """
 
     describe_classes = True  # ``describe`` shows images per class, the imbalance and the transforms
@@ -99,9 +101,10 @@ class ImageFolders(ShiftDataModule):
                  eval: Optional[dict[str, str]] = None, classes: Optional[list[str]] = None, augment: bool = True,
                  balance: Optional[Literal["sampler", "loss"]] = None, image_column: str = "image",
                  label_column: str = "label", seed: int = 0, batch_size: int = 64, num_workers: int = 2,
-                 backbone: Optional[str] = None, backbone_kwargs: Optional[dict[str, Any]] = None):
+                 backbone: Optional[str] = None, backbone_kwargs: Optional[dict[str, Any]] = None,
+                 decode_min_side: Optional[int] = None):
         super().__init__(root=train, batch_size=batch_size, num_workers=num_workers, backbone=backbone,
-                         backbone_kwargs=backbone_kwargs)
+                         backbone_kwargs=backbone_kwargs, decode_min_side=decode_min_side)
         self.sources = {"train": str(train), **({"id_val": str(id_val)} if id_val else {})}
         for name, source in (eval or {}).items():
             if name in ("train", "id_val") or "/" in name or not name:
