@@ -104,3 +104,12 @@ def test_ctrl_c_leaves_every_file_whole_and_the_next_run_continues(tmp_path, fak
     assert sweep.main(sweep_args(out, lrs=("1e-3", "1e-2"))) == 0
     assert sorted(c["run_dir"].name for c in fake_training) == ["lr0.01_seed0", "lr0.01_seed1"]
     assert json.loads((out / "summary.json").read_text())["chosen_lr"] == 1e-2
+
+
+def test_a_finished_run_reports_how_long_it_took(tmp_path):
+    from freeze_embed.tools.sweep.launchers import _outcome
+    run = one_run.Run(lr=0.1, seed=0, run_dir=str(tmp_path))
+    (tmp_path / "results.json").write_text(json.dumps({"selection_metric": "id_val/acc", "best": {
+        "best/id_val/acc": 0.5, "best/paper/id": 0.5, "best/paper/ood": 0.25}}))
+    assert _outcome(run, {"status": "done", "seconds": 12.4}) == \
+        "done in 12s (id_val/acc 50.0%, ID 50.0%, OOD 25.0%)"

@@ -50,7 +50,7 @@ def _outcome(run: Run, res: dict) -> str:
     nums = ", ".join(f"{k} {100 * v:.1f}%"
                      for k, m in ((selection, selection), ("ID", "paper/id"), ("OOD", "paper/ood"))
                      if (v := results.value(m)) is not None)
-    secs = results.data.get("seconds")
+    secs = res.get("seconds")  # the launcher timed the run; results.json holds metrics only
     return "done" + (f" in {secs:.0f}s" if secs is not None else "") + (f" ({nums})" if nums else "")
 
 
