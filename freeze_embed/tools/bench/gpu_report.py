@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import inspect
 import io
 import os
 import statistics
@@ -42,12 +41,6 @@ class NoCudaError(FreezeEmbedError):
     """The report measures a GPU."""
 
 
-def model_options() -> set[str]:
-    """The FineTuner's constructor arguments: ``compile`` and ``channels_last`` only where it takes them."""
-    from freeze_embed.module import FineTuner
-    return set(inspect.signature(FineTuner.__init__).parameters)
-
-
 def cells(models: dict, compiles: Sequence[bool]) -> list[dict]:
     """Uncompiled cells first, so a short budget still gives every model and method."""
     return [dict(model=name, method=m, precision=p, compiled=c) for c in compiles for p in PRECISIONS
@@ -67,7 +60,7 @@ class Repeat:
         return self.batch
 
 
-def run_cell(cell: dict, models: dict, device, steps: int, warmup: int, compile_args, options: set) -> dict:
+def run_cell(cell: dict, models: dict, device, steps: int, warmup: int, compile_args) -> dict:
     """images/s and peak memory of one cell, or a note saying why it did not run."""
     import torch
     from torch.utils.data import DataLoader
@@ -76,10 +69,8 @@ def run_cell(cell: dict, models: dict, device, steps: int, warmup: int, compile_
     row = dict(cell, batch=batch, img_s=None, peak_gib=None, note="")
     model_args = {}
     if cell["compiled"]:
-        if "compile" not in options:
-            return dict(row, note="FineTuner has no compile option yet")
         model_args["compile"] = compile_args
-    if conv and "channels_last" in options:
+    if conv:
         model_args["channels_last"] = True
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g).to(device)
@@ -113,7 +104,7 @@ def _fmt(value, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
-def markdown(rows: list[dict], device_name: str, loader: str, notes: list[str]) -> str:
+def markdown(rows: list[dict], device_name: str, loader: str) -> str:
     import torch
     lines = [f"# GPU report: {device_name}", "",
              f"torch {torch.__version__}; random weights, synthetic batches on the device, median step after warm-up. "
@@ -122,7 +113,7 @@ def markdown(rows: list[dict], device_name: str, loader: str, notes: list[str]) 
              "|---|---|---|---|---:|---:|---:|---|"]
     lines += [f"| {r['model']} | {r['method']} | {r['precision']} | {'yes' if r['compiled'] else 'no'} | {r['batch']} "
               f"| {_fmt(r['img_s'], '.1f')} | {_fmt(r['peak_gib'], '.2f')} | {r['note']} |" for r in rows]
-    return "\n".join([*lines, "", loader, *[f"- {n}" for n in notes], ""])
+    return "\n".join([*lines, "", loader, ""])
 
 
 def chart(rows: list[dict], title: str) -> bytes:
@@ -146,10 +137,10 @@ def chart(rows: list[dict], title: str) -> bytes:
     return buf.getvalue()
 
 
-def write(out: str, rows: list[dict], device_name: str, loader: str, notes: list[str]) -> list[str]:
+def write(out: str, rows: list[dict], device_name: str, loader: str) -> list[str]:
     paths = [os.path.join(out, f"gpu_report.{ext}") for ext in ("md", "csv", "png")]
     with atomic_write(paths[0], "w") as f:
-        f.write(markdown(rows, device_name, loader, notes))
+        f.write(markdown(rows, device_name, loader))
     with atomic_write(paths[1], "w") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
@@ -176,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore")
     import lightning  # noqa: F401 - sets its own log level on import; quiet it after
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    start, notes = time.perf_counter(), []
+    start = time.perf_counter()
     if args.dry_run:
         spec, kwargs = demo_backbone()
         models = {"demo ViT": (spec, kwargs, kwargs["img_size"], 2, False)}
@@ -185,11 +176,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         models, device, device_name = MODELS, torch.device("cuda"), torch.cuda.get_device_name()
         steps, warmup, compile_args, images, workers, passes = args.steps, args.warmup, True, 1280, args.workers, 2
-    options = model_options()
-    for opt in ("compile", "channels_last"):
-        if opt not in options:
-            notes.append(f"The FineTuner takes no `{opt}` yet: cells that need it are skipped or run without it.")
-            print(notes[-1], flush=True)
     rate = loader_rate(workers, images, 64 if not args.dry_run else 8, passes)
     loader = f"Loader: {rate:.0f} images/s (Living-17 JPEGs, the paper's training transforms, {workers} workers)."
     print(loader, flush=True)
@@ -199,11 +185,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rows.append(dict(cell, batch=models[cell["model"]][3], img_s=None, peak_gib=None,
                              note="skipped: time budget"))
             continue
-        rows.append(run_cell(cell, models, device, steps, warmup, compile_args, options))
+        rows.append(run_cell(cell, models, device, steps, warmup, compile_args))
         r = rows[-1]
         print(f"{r['model']:<14} {r['method']:<40} {r['precision']:<10} {'compiled' if r['compiled'] else '':<8} "
               f"{_fmt(r['img_s'], '8.1f')} img/s  {_fmt(r['peak_gib'], '6.2f')} GiB  {r['note']}", flush=True)
-    for path in write(args.out, rows, device_name, loader, notes):
+    for path in write(args.out, rows, device_name, loader):
         print(f"wrote {path}")
     print(f"{time.perf_counter() - start:.0f} s")
     return 0
