@@ -8,6 +8,18 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# MAE's util/lr_decay.py, verbatim: the reference LayerDecay is tested against
+def mae_get_layer_id_for_vit(name, num_layers):
+    if name in ["cls_token", "pos_embed"]:
+        return 0
+    elif name.startswith("patch_embed"):
+        return 0
+    elif name.startswith("blocks"):
+        return int(name.split(".")[1]) + 1
+    else:
+        return num_layers
+
+
 def tiny_demo_args(tmp_path: Path, epochs: int = 2, extra: list[str] = ()) -> list[str]:
     """The demo config at test size: 64 training and 32 evaluation images, logs and checkpoints under tmp_path."""
     return ["fit", "--config", str(ROOT / "configs/demo.yaml"),

@@ -15,7 +15,7 @@ from freeze_embed.module import FineTuner
 from freeze_embed.optim import AdamW
 from freeze_embed.strategies import FreezeEmbed, LayerDecay
 
-from helpers import ROOT
+from helpers import ROOT, mae_get_layer_id_for_vit
 
 TINY = dict(img_size=16, patch_size=8, depth=2, embed_dim=8, num_heads=2)
 
@@ -40,17 +40,6 @@ def mae_param_groups_lrd(model, weight_decay=0.05, no_weight_decay_list=[], laye
         param_groups[group_name]["params"].append(p)
         param_groups[group_name]["names"].append(n)
     return list(param_groups.values())
-
-
-def mae_get_layer_id_for_vit(name, num_layers):
-    if name in ['cls_token', 'pos_embed']:
-        return 0
-    elif name.startswith('patch_embed'):
-        return 0
-    elif name.startswith('blocks'):
-        return int(name.split('.')[1]) + 1
-    else:
-        return num_layers
 
 
 def method(name: str) -> dict:

@@ -15,6 +15,7 @@ from freeze_embed.module import FineTuner
 from freeze_embed.optim import SGD, cosine_factor
 from freeze_embed.strategies import AutoRGN, FreezeEmbed, LayerDecay, TrainBlocks
 from freeze_embed.strategies.train_blocks import BlockSpecError, select_blocks
+from helpers import mae_get_layer_id_for_vit
 
 TINY = dict(img_size=16, patch_size=8, depth=4, embed_dim=16, num_heads=2)
 
@@ -62,17 +63,6 @@ def test_train_blocks_freezes_exactly_the_rest(tiny):
 
 
 # --- LayerDecay: MAE's util/lr_decay.py, verbatim, on ViT-B/16's names ----------------------------------------
-def mae_get_layer_id_for_vit(name, num_layers):
-    if name in ["cls_token", "pos_embed"]:
-        return 0
-    elif name.startswith("patch_embed"):
-        return 0
-    elif name.startswith("blocks"):
-        return int(name.split(".")[1]) + 1
-    else:
-        return num_layers
-
-
 def test_layer_decay_equals_maes_formula_on_vit_b16(vit_b16):
     num_layers = len(vit_b16.blocks) + 1  # MAE: len(model.blocks) + 1
     layer_scales = [0.65 ** (num_layers - i) for i in range(num_layers + 1)]
